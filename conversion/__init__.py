@@ -1,0 +1,1 @@
+"""Model conversion and verification commands: predict, pth2onnx, onnx2om, verify."""

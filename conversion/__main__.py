@@ -1,0 +1,51 @@
+"""`python -m conversion <command>`: each command lives in its own module with `register(subparsers)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, what it does); a module registers its own subcommand and sets `func` on its parser.
+COMMAND_MODULES = (
+    "conversion.predict",
+    "conversion.make_checkpoint",
+    "conversion.pth2onnx",
+    "conversion.onnx2om",
+    "conversion.verify",
+)
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line `error: ...` with exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m conversion",
+        description="Turn the mmdet checkpoint into models each device runs, and prove they agree.",
+        epilog="example: python -m conversion predict --checkpoint model.pth --image cat.jpg --out dets.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not written yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

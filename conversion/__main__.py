@@ -48,4 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the copy imported as `conversion.__main__`: the subcommands raise that module's UsageError.
+    from conversion.__main__ import main as package_main
+
+    sys.exit(package_main())

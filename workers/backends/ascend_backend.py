@@ -1,0 +1,130 @@
+"""Runs an om model on one Ascend NPU through ais_bench's `InferSession` (not run on hardware by our tests)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from model.config import MODEL
+from workers.backends.base import MAX_DETS, Backend, InferenceBatch
+
+INSTALL_HINT = ("install CANN (source /usr/local/Ascend/ascend-toolkit/set_env.sh) and the aclruntime + ais_bench "
+                "wheels of Huawei's ait benchmark tool")
+
+
+def parse_device_id(device: str | int) -> int:
+    """`npu:3`, `3` or 3 -> 3."""
+    text = str(device)
+    if text.startswith("npu:"):
+        text = text[4:]
+    if not text.isdigit():
+        raise ValueError(f"bad Ascend device {device!r}: expected npu:N (--device)")
+    return int(text)
+
+
+def to_contract(dets: np.ndarray, labels: np.ndarray, batch_size: int,
+                score_thr: float = MODEL.score_thr) -> tuple[np.ndarray, np.ndarray]:
+    """An Ascend graph's detections -> dets [B,100,5] float32, labels [B,100] int64 with -1 padding rows.
+
+    Accepts our export's outputs (already [B,100,5] / [B,100]) and the recipe's (`boxes` [100,5] and `labels` [100]
+    per image, padding rows of zeros and class 0). A row is real when its score is above the model's threshold
+    (mmdet keeps score > 0.05, strictly) and its label is a class index; real rows keep their order, first.
+    """
+    dets = np.asarray(dets, dtype=np.float32).reshape(batch_size, -1, 5)
+    raw_labels = np.asarray(labels).reshape(batch_size, -1)
+    if np.issubdtype(raw_labels.dtype, np.floating):  # BatchMultiClassNMS reports classes as floats
+        raw_labels = np.rint(raw_labels)
+    raw_labels = raw_labels.astype(np.int64)
+    out_dets = np.zeros((batch_size, MAX_DETS, 5), dtype=np.float32)
+    out_labels = np.full((batch_size, MAX_DETS), -1, dtype=np.int64)
+    scores = dets[..., 4]
+    real = (scores > score_thr) & np.isfinite(dets).all(-1) & (raw_labels >= 0) & (raw_labels < MODEL.num_classes)
+    for b in range(batch_size):
+        rows = np.flatnonzero(real[b])[:MAX_DETS]
+        out_dets[b, :len(rows)] = dets[b, rows]
+        out_labels[b, :len(rows)] = raw_labels[b, rows]
+    return out_dets, out_labels
+
+
+def import_infer_session():
+    """ais_bench's InferSession class, or an ImportError that says what to install."""
+    try:
+        from ais_bench.infer.interface import InferSession
+    except ImportError as exc:
+        raise ImportError(f"the ascend backend needs ais_bench ({exc}): {INSTALL_HINT}") from exc
+    return InferSession
+
+
+class AscendBackend(Backend):
+    """One om model on one NPU; the session is created in `load` (in the worker process, after any fork)."""
+
+    name = "ascend"
+    needs_pixels = True
+
+    def __init__(self, model_path: str | Path, device: str | int = "npu:0", score_thr: float = MODEL.score_thr):
+        self.model_path = str(model_path)
+        self.device_id = parse_device_id(device)
+        self.score_thr = score_thr
+        self.session = None
+        self.input_names: list[str] = []
+        self.input_shape: list[int] = []
+        self.output_names: list[str] = []
+
+    def load(self) -> None:
+        if not Path(self.model_path).is_file():
+            raise FileNotFoundError(f"no such om model ({self.model_path})")
+        infer_session = import_infer_session()
+        self.session = infer_session(device_id=self.device_id, model_path=self.model_path)
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.input_shape = [int(d) for d in inputs[0].shape]
+        if len(self.input_shape) != 4 or self.input_shape[0] <= 0:
+            raise ValueError(f"om input {self.input_names[0]} has shape {self.input_shape}, expected a static "
+                             f"[N,3,H,W] ({self.model_path})")
+        self.fixed_batch = self.input_shape[0]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _outputs(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Pick dets and labels among the graph outputs: by name when named so, else the first two in order."""
+        by_name = dict(zip(self.output_names, outputs))
+        dets = by_name.get("dets", by_name.get("boxes"))
+        labels = by_name.get("labels")
+        if dets is None or labels is None:
+            dets, labels = outputs[0], outputs[1]
+        return dets, labels
+
+    def _run(self, images: np.ndarray, clip_hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = self.fixed_batch
+        feeds = [np.ascontiguousarray(images, dtype=np.float32)]
+        if len(self.input_names) > 1:
+            feeds.append(np.ascontiguousarray(clip_hw, dtype=np.float32))
+        if feeds[0].shape[0] < n:  # a short batch: fill with empty canvases, drop their rows after
+            pad = n - feeds[0].shape[0]
+            feeds = [np.concatenate([f, np.zeros((pad,) + f.shape[1:], f.dtype)]) for f in feeds]
+        outputs = self.session.infer(feeds, mode="static")
+        dets, labels = self._outputs(outputs)
+        dets, labels = to_contract(dets, labels, n, self.score_thr)
+        return dets[:images.shape[0]], labels[:images.shape[0]]
+
+    def infer(self, batch: InferenceBatch) -> tuple[np.ndarray, np.ndarray]:
+        if self.session is None:
+            raise RuntimeError("AscendBackend.infer before load()")
+        images = batch.images
+        if tuple(images.shape[1:]) != tuple(self.input_shape[1:]):
+            raise ValueError(f"batch of shape {list(images.shape)} does not fit the om input {self.input_shape} "
+                             f"({self.model_path})")
+        parts = [self._run(images[i:i + self.fixed_batch], batch.clip_hw[i:i + self.fixed_batch])
+                 for i in range(0, images.shape[0], self.fixed_batch)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model": self.model_path, "device": f"npu:{self.device_id}",
+                "runtime": "ais_bench InferSession", "input_shape": self.input_shape,
+                "fixed_batch": self.fixed_batch}
+
+    def close(self) -> None:
+        if self.session is not None:
+            free = getattr(self.session, "free_resource", None)
+            if free is not None:
+                free()
+            self.session = None

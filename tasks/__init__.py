@@ -1,0 +1,1 @@
+"""The Celery app, its tasks, job state in Redis, the tensor store and the reducer."""

@@ -1,0 +1,105 @@
+"""The Celery app, its settings (DESIGN.md section 4) and the three tasks, thin wrappers over plain functions."""
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from tasks import runtime
+from tasks.params import TIMINGS, broker_from_env
+from tasks.preprocessing import preprocess_shard
+from tasks.reduce import reduce_job
+from tasks.state import JobState, connect
+
+PREPROCESS_QUEUE = "preprocess"
+INFER_QUEUE = "infer"  # one shared queue: every device worker pulls, a fast card takes more
+REDUCE_QUEUE = "reduce"
+# Redis lists are polled by priority, 0 first: a shard given back by the reaper jumps the queue.
+INFER_PRIORITY = 6
+REDELIVERY_PRIORITY = 0
+
+app = Celery("evaluator")
+
+
+def configure(broker_url: str | None = None) -> str:
+    """Point the app (and job state) at a Redis; returns the URL in use."""
+    url = broker_url or broker_from_env()
+    app.conf.update(
+        broker_url=url,
+        result_backend=url,
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": TIMINGS.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": TIMINGS.visibility_timeout_s},
+        result_expires=7 * 24 * 3600,
+        task_routes={
+            "evaluator.preprocess": {"queue": PREPROCESS_QUEUE},
+            "evaluator.infer": {"queue": INFER_QUEUE},
+            "evaluator.reduce": {"queue": REDUCE_QUEUE},
+        },
+        worker_hijack_root_logger=False,
+    )
+    os.environ["EVALUATOR_BROKER"] = url  # child processes (prefork pool) see the same broker
+    _states.clear()
+    return url
+
+
+_states: dict[int, JobState] = {}
+
+
+def job_state() -> JobState:
+    """This process's JobState on the app's broker (one per process: clients are not shared over fork)."""
+    pid = os.getpid()
+    if pid not in _states:
+        _states[pid] = JobState(connect(app.conf.broker_url))
+    return _states[pid]
+
+
+@app.task(name="evaluator.preprocess")
+def preprocess(job_id: str, shard: int, batch: int, device: str = "cpu") -> dict:
+    """Fill the tensor store for one shard."""
+    return preprocess_shard(job_state(), job_id, shard)
+
+
+@app.task(name="evaluator.infer")
+def infer(job_id: str, shard: int, batch: int, device: str = "any", redelivered_from: str | None = None) -> dict:
+    """Run one shard on this worker's device; the result is written once, a duplicate is a no-op."""
+    return runtime.current()(job_id, shard)
+
+
+@app.task(name="evaluator.reduce")
+def reduce(job_id: str) -> dict:
+    """Coverage check, COCOeval, report."""
+    report = reduce_job(job_state(), job_id)
+    return {"status": report["status"], "AP": report["ap"]["stats"]["AP"], "errors": report["errors"]}
+
+
+def enqueue_job(job_id: str, n_shards: int, batch: int) -> None:
+    """Preprocessing for every shard first, then inference for every shard (both in shard order)."""
+    for shard in range(n_shards):
+        preprocess.apply_async(kwargs={"job_id": job_id, "shard": shard, "batch": batch, "device": "cpu"})
+    for shard in range(n_shards):
+        enqueue_infer(job_id, shard, batch)
+
+
+def enqueue_infer(job_id: str, shard: int, batch: int, redelivered_from: str | None = None) -> None:
+    kwargs = {"job_id": job_id, "shard": shard, "batch": batch, "device": "any"}
+    if redelivered_from:
+        kwargs["redelivered_from"] = redelivered_from
+    infer.apply_async(kwargs=kwargs, priority=REDELIVERY_PRIORITY if redelivered_from else INFER_PRIORITY)
+
+
+def enqueue_reduce(job_id: str) -> None:
+    reduce.apply_async(kwargs={"job_id": job_id})
+
+
+configure()

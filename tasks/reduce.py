@@ -1,0 +1,112 @@
+"""The reducer: coverage check (every image exactly once), COCOeval once on the union, the report."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+from tasks.coco_eval import evaluate
+from tasks.metrics import job_metrics
+from tasks.shards import read_images
+from tasks.state import JobState
+
+MAX_IDS_IN_LINE = 20
+
+
+def _ids_line(ids: list[int]) -> str:
+    shown = ", ".join(str(i) for i in ids[:MAX_IDS_IN_LINE])
+    return shown + (f", ... ({len(ids) - MAX_IDS_IN_LINE} more)" if len(ids) > MAX_IDS_IN_LINE else "")
+
+
+def check_coverage(expected_ids: list[int], shards: dict[int, list[dict]], results: dict[int, dict]) -> dict:
+    """Count every image id over the shard results (answered or unreadable) against the annotation file."""
+    seen: Counter = Counter()
+    unreadable: dict[int, str] = {}
+    for payload in results.values():
+        seen.update(int(i) for i in payload["image_ids"])
+        for i, msg in payload.get("unreadable", {}).items():
+            seen[int(i)] += 1
+            unreadable[int(i)] = msg
+    expected = Counter(expected_ids)
+    missing = sorted(i for i in expected if seen[i] == 0)
+    duplicated = sorted(i for i in set(seen) | set(expected) if seen[i] > 1 or expected[i] > 1)
+    unexpected = sorted(i for i in seen if i not in expected)
+    without_result = sorted(s for s in shards if s not in results)
+    errors = []
+    if missing:
+        where = f"; shards without a result: {', '.join(map(str, without_result))}" if without_result else ""
+        errors.append(f"missing image ids ({len(missing)}): {_ids_line(missing)}{where}")
+    if duplicated:
+        errors.append(f"duplicated image ids ({len(duplicated)}): {_ids_line(duplicated)}")
+    if unexpected:
+        errors.append(f"image ids not in the annotation file ({len(unexpected)}): {_ids_line(unexpected)}")
+    return {
+        "expected": len(expected_ids), "counted": sum(seen.values()),
+        "missing": missing, "duplicated": duplicated, "unexpected": unexpected,
+        "shards_without_result": without_result,
+        "unreadable": {str(i): unreadable[i] for i in sorted(unreadable)},
+        "ok": not errors, "errors": errors,
+    }
+
+
+def union_results(results: dict[int, dict]) -> list[dict]:
+    """Detections of every shard, each image taken once (the first shard that answered it)."""
+    taken: set[int] = set()
+    union: list[dict] = []
+    for shard in sorted(results):
+        payload = results[shard]
+        fresh = {int(i) for i in payload["image_ids"]} - taken
+        union.extend(r for r in payload["results"] if int(r["image_id"]) in fresh)
+        taken |= fresh
+    return union
+
+
+def reduce_job(state: JobState, job_id: str, evaluator: str = "pycocotools") -> dict:
+    """Check coverage, evaluate, compute metrics, save the report and finish the job."""
+    params = state.params(job_id)
+    summary = state.summary(job_id)
+    t_reduce_start = float(summary.get("t_reduce_start") or time.time())
+    state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
+    try:
+        expected = [im["id"] for im in read_images(params.annotation)]
+        results = state.results(job_id)
+        coverage = check_coverage(expected, state.all_shards(job_id), results)
+        union = union_results(results)
+        ap = evaluate(params.annotation, union, evaluator)
+    except Exception as exc:  # a report must say why it has no AP, never hang the job
+        state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
+        raise
+    metrics = job_metrics(state.batches(job_id), params.warmup_batches, len(expected),
+                          float(summary["t_submit"]), t_reduce_start)
+    t_done = time.time()
+    status = "done" if coverage["ok"] else "failed"
+    report = {
+        "job": job_id,
+        "status": status,
+        "params": params.to_dict(),
+        "coverage": coverage,
+        "errors": coverage["errors"],
+        "ap": ap,
+        "metrics": metrics,
+        "workers": _workers(state, metrics),
+        "manifest": json.loads(state.r.hget(f"job:{job_id}", "manifest") or "{}"),
+        "timestamps": {"submit": float(summary["t_submit"]), "reduce_start": t_reduce_start,
+                       "done": t_done, "evaluate_s": t_done - t_reduce_start},
+    }
+    state.save_report(job_id, report)
+    fields = {"t_done": t_done, "ap": ap["stats"]["AP"]}
+    if not coverage["ok"]:
+        fields["error"] = "; ".join(coverage["errors"])
+    state.set_status(job_id, status, **fields)
+    return report
+
+
+def _workers(state: JobState, metrics: dict) -> list[dict]:
+    """The registered device workers that ran batches of this job (attestation, backend facts)."""
+    pids = {(name, pid) for name, d in metrics["devices"].items() for pid in d["workers"]}
+    out = []
+    for raw in state.r.hvals("workers"):
+        w = json.loads(raw)
+        if (f"{w['host']}/{w['device']}", w["pid"]) in pids:
+            out.append(w)
+    return sorted(out, key=lambda w: (w["host"], w["device"], w["pid"]))

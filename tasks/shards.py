@@ -1,0 +1,64 @@
+"""Cutting a job into shards and a shard into batches of one input shape."""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+from model.preprocess import plan_geometry
+
+SHARDS_PER_DEVICE = 8
+
+
+class AnnotationError(ValueError):
+    """A missing or malformed annotation file."""
+
+
+def read_images(annotation_path: str | Path) -> list[dict]:
+    """The annotation file's images as {"id", "file", "w", "h"}, in file order."""
+    path = Path(annotation_path)
+    if not path.is_file():
+        raise AnnotationError(f"annotation file not found ({path})")
+    try:
+        data = json.loads(path.read_text())
+        images = [{"id": int(im["id"]), "file": str(im["file_name"]),
+                   "w": int(im.get("width") or 0), "h": int(im.get("height") or 0)}
+                  for im in data["images"]]
+        data["annotations"], data["categories"]  # noqa: B018 - COCOeval needs both
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AnnotationError(f"not a COCO instances file: {exc.__class__.__name__} {exc} ({path})") from exc
+    if not images:
+        raise AnnotationError(f"annotation file lists no images ({path})")
+    return images
+
+
+def input_shape(item: dict, size_mode: str, static_size: int) -> tuple[int, int]:
+    """The padded network-input shape an image will get (from the annotation's width/height)."""
+    if size_mode == "static":
+        return static_size, static_size
+    if item["w"] <= 0 or item["h"] <= 0:
+        return 0, 0  # unknown: its own bucket, regrouped after loading
+    meta = plan_geometry(item["h"], item["w"], size_mode)
+    return meta.input_h, meta.input_w
+
+
+def default_shard_size(n_images: int, batch: int, n_devices: int) -> int:
+    """A whole number of batches, small enough that every device gets at least 8 shards."""
+    per_shard = n_images // (SHARDS_PER_DEVICE * max(1, n_devices))
+    return max(batch, per_shard // batch * batch)
+
+
+def plan_shards(images: list[dict], batch: int, n_devices: int, size_mode: str, static_size: int,
+                shard_size: int = 0) -> list[list[dict]]:
+    """Images sorted into shape buckets (stable), cut into shards of `shard_size` images."""
+    size = shard_size or default_shard_size(len(images), batch, n_devices)
+    ordered = sorted(images, key=lambda im: input_shape(im, size_mode, static_size))
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def plan_batches(items: list, batch: int, shape_of) -> list[list]:
+    """Batches of at most `batch` items that share `shape_of(item)`, in first-seen shape order."""
+    groups: OrderedDict = OrderedDict()
+    for item in items:
+        groups.setdefault(shape_of(item), []).append(item)
+    return [group[i:i + batch] for group in groups.values() for i in range(0, len(group), batch)]

@@ -1,0 +1,15 @@
+-- Fenced, idempotent write of one shard's detections: the first valid write wins, once.
+-- KEYS[1] fencing counter of the writer's device lease
+-- KEYS[2] job:{id}:results (hash shard -> payload)
+-- KEYS[3] job:{id} (counters)
+-- ARGV[1] the writer's fencing number, ARGV[2] shard, ARGV[3] payload (JSON), ARGV[4] images in the payload
+-- Returns {status, shards_done}: status 1 written, 0 already written (duplicate), -1 stale fencing number.
+local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) < newest then
+  return {-1, 0}
+end
+if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
+  return {0, tonumber(redis.call('HGET', KEYS[3], 'shards_done') or '0')}
+end
+redis.call('HINCRBY', KEYS[3], 'images_done', ARGV[4])
+return {1, redis.call('HINCRBY', KEYS[3], 'shards_done', 1)}

@@ -1,0 +1,1 @@
+"""Device workers: device discovery, the device lease and its reaper, backends, the shard runner."""

@@ -1,0 +1,119 @@
+"""`python -m workers --device cpu:0`: one device worker (solo pool, leased); `--preprocess`: the CPU pool."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from tasks import runtime
+from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, configure
+from tasks.params import TIMINGS, ClusterTimings
+from tasks.state import JobState, connect
+from workers.backends import backend_for_model, check_spec
+from workers.devices import parse_device
+
+log = logging.getLogger("workers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m workers",
+        description="Start one device worker (holds the device lease, pulls shards from the shared queue) "
+                    "or the preprocessing/reducing CPU pool.",
+        epilog="examples:\n  python -m workers --device npu:0 --broker redis://head:6379/0 --model model.om\n"
+               "  python -m workers --preprocess --broker redis://head:6379/0 --concurrency 8",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    role = p.add_mutually_exclusive_group(required=True)
+    role.add_argument("--device", help="the device this worker owns: cpu:N, cuda:N or npu:N")
+    role.add_argument("--preprocess", action="store_true", help="run the preprocessing and reducer pool (prefork)")
+    p.add_argument("--broker", help="Redis URL (default: $EVALUATOR_BROKER or redis://127.0.0.1:6379/0)")
+    p.add_argument("--backend", help="load this backend now (groundtruth, sim:113ms, onnxruntime, torch, ascend); "
+                                     "jobs name their own, this only preloads")
+    p.add_argument("--model", help="model file to preload (.pth, .onnx, .om)")
+    p.add_argument("--precision", default="fp32", help="fp32 or fp16 (backends that support it)")
+    p.add_argument("--store", help="worker-local tensor store folder (default: the job's)")
+    p.add_argument("--lease-ttl", type=float, default=TIMINGS.lease_ttl_s,
+                   help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g}); failover takes TTL + TTL/3")
+    p.add_argument("--concurrency", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="processes of the preprocessing pool")
+    p.add_argument("--loglevel", default="INFO")
+    return p
+
+
+def celery_argv(queues: list[str], pool: str, name: str, loglevel: str, concurrency: int = 1) -> list[str]:
+    return ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--queues={','.join(queues)}",
+            f"--hostname={name}", "--without-mingle", "--without-gossip", f"--loglevel={loglevel}"]
+
+
+def run_device_worker(args, state: JobState, timings: ClusterTimings) -> int:
+    from workers.inference import ShardRunner
+    from workers.lease import DeviceLease
+    from workers.reaper import Reaper, give_back
+
+    reaper = Reaper(state, timings.reap_interval_s).start()  # heals the cluster even while we wait
+    lease = DeviceLease(state.r, args.device, timings.lease_ttl_s)
+    runner = ShardRunner(state, lease, store_root=args.store)
+    try:
+        lease.acquire(on_previous=lambda rec: give_back(state, rec))
+        lease.start_heartbeat(timings.heartbeat_s)
+        if args.backend:
+            try:
+                runner.backend_for(args.backend, args.model or "", args.precision)
+            except Exception as exc:
+                print(f"error: backend {args.backend} cannot run on {args.device}: {exc} (--backend)", file=sys.stderr)
+                return 2
+        runtime.install(runner)
+        name = f"{args.device}-{os.getpid()}@{socket.gethostname()}"
+        app.worker_main(celery_argv([INFER_QUEUE], "solo", name, args.loglevel))
+        return 0
+    finally:
+        runtime.install(None)
+        lease.release()
+        reaper.stop()
+        if runner.backend is not None:
+            runner.backend.close()
+
+
+def run_preprocess_pool(args, state: JobState, timings: ClusterTimings) -> int:
+    from workers.reaper import Reaper
+
+    reaper = Reaper(state, timings.reap_interval_s).start()
+    try:
+        name = f"cpu-pool-{os.getpid()}@{socket.gethostname()}"
+        app.worker_main(celery_argv([PREPROCESS_QUEUE, REDUCE_QUEUE], "prefork", name, args.loglevel,
+                                    max(1, args.concurrency)))
+        return 0
+    finally:
+        reaper.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.device:
+            parse_device(args.device)
+        if args.model and not args.backend:
+            args.backend = backend_for_model(args.model)
+        if args.backend:
+            check_spec(args.backend, args.model or "")
+        if args.model and not os.path.isfile(args.model):
+            raise ValueError(f"model file not found ({args.model})")
+        if args.lease_ttl <= 0:
+            raise ValueError("the lease TTL must be positive (--lease-ttl)")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    url = configure(args.broker)
+    state = JobState(connect(url))
+    timings = TIMINGS if args.lease_ttl == TIMINGS.lease_ttl_s else ClusterTimings.with_ttl(args.lease_ttl)
+    if args.device:
+        return run_device_worker(args, state, timings)
+    return run_preprocess_pool(args, state, timings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

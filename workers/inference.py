@@ -1,0 +1,175 @@
+"""One shard on one device: load tensors (store or preprocess), run the backend batch by batch, write once."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from model.postprocess import to_coco_results
+from model.preprocess import ImageReadError, clip_sizes, stack_batch
+from tasks.app import enqueue_reduce
+from tasks.params import JobParams
+from tasks.shards import input_shape, plan_batches
+from tasks.state import FINISHED, JobState
+from tasks.store import TensorStore
+from workers.backends import create_backend
+from workers.backends.base import MAX_DETS, InferenceBatch
+from workers.devices import attest
+from workers.lease import DeviceLease
+from workers.reaper import give_back
+
+log = logging.getLogger("workers.inference")
+
+
+class LeaseLost(RuntimeError):
+    """The device lease expired or was taken over mid-shard: nothing more is run or written."""
+
+
+class ShardRunner:
+    """What a device worker installs as the body of `evaluator.infer` (see tasks.runtime)."""
+
+    def __init__(self, state: JobState, lease: DeviceLease, store_root: str | None = None):
+        self.state = state
+        self.lease = lease
+        self.device = lease.device
+        self.host = lease.host
+        self.store_root = store_root
+        self.backend = None
+        self._backend_key: tuple | None = None
+        self.seq = 0  # batches since the backend was loaded (warm-up = the first few)
+
+    # -- backend ------------------------------------------------------------------------------------
+    def backend_for(self, backend: str, model: str = "", precision: str = "fp32"):
+        key = (backend, model, precision)
+        if key != self._backend_key:
+            if self.backend is not None:
+                self.backend.close()
+                self.backend = None
+            t0 = time.time()
+            b = create_backend(backend, model, self.device, precision)
+            b.load()
+            self.backend, self._backend_key, self.seq = b, key, 0
+            log.info("loaded backend %s on %s in %.1f s", backend, self.device, time.time() - t0)
+            self.state.r.hset("workers", f"{self.host}/{self.device}/{self.lease.pid}",
+                              self._registration(b))
+        return self.backend
+
+    def _registration(self, backend) -> str:
+        return json.dumps({"host": self.host, "device": self.device, "pid": self.lease.pid,
+                           "started": time.time(), "backend": backend.describe(), "attest": attest(self.device)})
+
+    # -- lease ----------------------------------------------------------------------------------------
+    def begin_shard(self, job_id: str, shard: int, batch: int) -> None:
+        while True:
+            if not self.lease.held:
+                self.lease.acquire(on_previous=lambda rec: give_back(self.state, rec))
+            if self.lease.mark({"job": job_id, "shard": shard, "batch": batch, "since": time.time()}):
+                return
+
+    def check(self) -> None:
+        if not self.lease.held:
+            raise LeaseLost(f"lease on {self.device} lost mid-shard")
+
+    # -- the task body ---------------------------------------------------------------------------------
+    def __call__(self, job_id: str, shard: int) -> dict:
+        status = self.state.status(job_id)
+        if status is None or status in FINISHED:
+            return {"skipped": f"job {status or 'unknown'}", "device": self.device}
+        if self.state.has_result(job_id, shard):
+            return {"skipped": "duplicate: shard already written", "device": self.device}
+        params = self.state.params(job_id)
+        self.begin_shard(job_id, shard, params.batch)
+        try:
+            try:
+                backend = self.backend_for(params.backend, params.model, params.precision)
+            except Exception as exc:
+                self.state.fail(job_id, f"backend {params.backend} cannot run on {self.host}/{self.device}: {exc}")
+                return {"error": str(exc), "device": self.device}
+            try:
+                payload = run_shard(self, backend, params, shard, self.state.shard_items(job_id, shard))
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                self.state.fail(job_id, f"shard {shard} on {self.host}/{self.device}: {exc.__class__.__name__}: {exc}")
+                raise
+            outcome, done = self.state.write_result(job_id, shard, payload, self.lease.fence_key, self.lease.fence)
+        finally:
+            if self.lease.held:
+                self.lease.mark(None)
+        n_shards = int(self.state.r.hget(f"job:{job_id}", "n_shards") or 0)
+        if outcome == "written" and done == n_shards and self.state.claim_reduce(job_id):
+            enqueue_reduce(job_id)
+        log.info("shard %d of job %s: %d images, %s", shard, job_id, len(payload["image_ids"]), outcome)
+        return {"device": self.device, "host": self.host, "images": len(payload["image_ids"]),
+                "unreadable": len(payload["unreadable"]), "outcome": outcome}
+
+
+def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool):
+    """Entries for a planned batch: [(item, entry)], {image id: why unreadable}, seconds spent."""
+    t0 = time.time()
+    loaded, unreadable = [], {}
+    for item in items:
+        try:
+            entry = store.load(Path(params.image_dir) / item["file"], params.size_mode, params.static_size, pixels)
+        except ImageReadError as exc:
+            unreadable[str(item["id"])] = str(exc)
+            continue
+        loaded.append((item, entry))
+    return loaded, unreadable, time.time() - t0
+
+
+def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items: list[dict]) -> dict:
+    """Every image of the shard through the backend; returns the payload written to Redis."""
+    store = TensorStore(runner.store_root or params.store or None)
+    pixels = backend.needs_pixels
+    planned = plan_batches(items, params.batch, lambda it: input_shape(it, params.size_mode, params.static_size))
+    image_ids, unreadable, results = [], {}, []
+    t_begin = time.time()
+    with ThreadPoolExecutor(max_workers=1) as loader:  # the next batch loads while this one runs
+        pending = loader.submit(_load, store, params, planned[0], pixels) if planned else None
+        for index in range(len(planned)):
+            loaded, bad, load_s = pending.result()
+            if index + 1 < len(planned):
+                pending = loader.submit(_load, store, params, planned[index + 1], pixels)
+            unreadable.update(bad)
+            # the annotation's width/height planned the shapes; regroup by the real ones
+            for group in plan_batches(loaded, backend.fixed_batch or params.batch, lambda pair: (pair[1].meta.input_h, pair[1].meta.input_w)):
+                runner.check()
+                results.extend(_run_batch(runner, backend, params, shard, group, load_s))
+                image_ids.extend(item["id"] for item, _ in group)
+    return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
+            "device": runner.device, "host": runner.host, "pid": os.getpid(), "fence": runner.lease.fence,
+            "t_start": t_begin, "t_end": time.time(),
+            "store": {"hits": store.hits, "misses": store.misses, "recomputed": store.recomputed}}
+
+
+def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, group: list, load_s: float) -> list[dict]:
+    """One device call (padded to the backend's fixed batch), its timing record, its COCO results."""
+    metas = [entry.meta for _, entry in group]
+    rows = max(backend.fixed_batch or len(group), len(group))
+    clip = np.zeros((rows, 2), dtype=np.float32)
+    clip[:] = (metas[0].input_h, metas[0].input_w)  # padded canvases: any valid size
+    clip[:len(group)] = clip_sizes(metas)
+    images = stack_batch([entry.network_input() for _, entry in group], rows) if backend.needs_pixels else None
+    batch = InferenceBatch(images=images, clip_hw=clip, metas=metas,
+                           image_ids=[item["id"] for item, _ in group], job=params.to_dict())
+    t_start = time.time()
+    dets, labels = backend.infer(batch)
+    t_end = time.time()
+    if dets.shape[0] < len(group) or dets.shape[1:] != (MAX_DETS, 5) or labels.shape[0] < len(group):
+        raise ValueError(f"backend {backend.name} returned dets {dets.shape} labels {labels.shape} "
+                         f"for {len(group)} images")
+    runner.state.record_batch(params.job_id, {
+        "job": params.job_id, "shard": shard, "device": runner.device, "host": runner.host, "pid": os.getpid(),
+        "seq": runner.seq, "size": len(group), "rows": rows, "t_start": t_start, "t_end": t_end, "load_s": load_s,
+    })
+    runner.seq += 1
+    out = []
+    for j, (item, entry) in enumerate(group):
+        out.extend(to_coco_results(dets[j], labels[j], entry.meta, item["id"]))
+    return out

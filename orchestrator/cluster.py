@@ -1,0 +1,153 @@
+"""The embedded local cluster: a private redis-server, the preprocessing pool, one worker per device."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+
+class ClusterError(RuntimeError):
+    """A process of the local cluster failed to start or died."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a worker and its pool children (each worker leads its own process group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class RedisServer:
+    """redis-server on a free loopback port, its data and log in `folder`; stopped by `stop()`."""
+
+    def __init__(self, folder: str | Path, port: int | None = None):
+        self.folder = Path(folder)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> "RedisServer":
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise ClusterError("redis-server not found on PATH: install it (apt-get install redis-server)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise ClusterError(f"redis-server did not start: {log_tail(self.folder / 'redis.log')}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalCluster:
+    """Everything `submit` starts when no --broker is given, and stops at the end (always)."""
+
+    def __init__(self, run_dir: str | Path, devices: list[str], backend: str = "", model: str = "",
+                 precision: str = "fp32", preprocess_concurrency: int | None = None, lease_ttl_s: float | None = None):
+        self.run_dir = Path(run_dir)
+        self.devices = devices
+        self.backend, self.model, self.precision = backend, model, precision
+        self.concurrency = preprocess_concurrency or max(1, (os.cpu_count() or 2) - len(devices))
+        self.lease_ttl_s = lease_ttl_s
+        self.redis = RedisServer(self.run_dir / "redis")
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        return self.redis.url
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        logs = self.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "EVALUATOR_BROKER": self.url, "PYTHONUNBUFFERED": "1"}
+        with open(logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "workers", *args, "--broker", self.url],
+                                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                env=env, start_new_session=True)
+
+    def start(self) -> "LocalCluster":
+        self.redis.start()
+        try:
+            self._spawn("preprocess", ["--preprocess", "--concurrency", str(self.concurrency)])
+            for device in self.devices:
+                args = ["--device", device, "--precision", self.precision]
+                if self.backend:
+                    args += ["--backend", self.backend]
+                if self.model:
+                    args += ["--model", self.model]
+                if self.lease_ttl_s:
+                    args += ["--lease-ttl", str(self.lease_ttl_s)]
+                self._spawn(device.replace(":", ""), args)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def check_alive(self) -> None:
+        """Raise ClusterError naming a process that exited, with the end of its log."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = log_tail(self.run_dir / "logs" / f"{name}.log", 3)
+                raise ClusterError(f"worker {name} exited with code {proc.returncode}: {tail}")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Warm shutdown (SIGTERM) for every worker, SIGKILL after timeout_s, then Redis."""
+        for proc in self.procs.values():
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.time() + timeout_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        self.redis.stop()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

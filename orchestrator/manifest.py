@@ -1,0 +1,56 @@
+"""The reproducibility manifest: what exactly was evaluated, with which code."""
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from tasks.params import JobParams
+from tasks.store import preprocessing_version
+
+PACKAGES = ("dcn-evaluator", "celery", "redis", "numpy", "opencv-python", "pycocotools", "onnxruntime",
+            "torch", "torchvision")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent.parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def build_manifest(params: JobParams) -> dict:
+    return {
+        "annotation": params.annotation,
+        "annotation_sha256": sha256_file(params.annotation),
+        "model": params.model or None,
+        "model_sha256": sha256_file(params.model) if params.model else None,
+        "preprocessing": preprocessing_version(),
+        "git_commit": git_commit(),
+        "submitted_from": socket.gethostname(),
+        "python": platform.python_version(),
+        "packages": versions(),
+    }

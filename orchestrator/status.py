@@ -1,0 +1,67 @@
+"""`status [JOB]`: where jobs stand (live from Redis with --broker, else from the run folders)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from orchestrator.cli import UsageError, add_broker_arg, open_state
+from tasks.state import JobState
+from workers.lease import REGISTRY, describe_holder
+
+
+def _line(job_id: str, s: dict) -> str:
+    ap = f"  AP {s['ap']:.3f}" if "ap" in s else ""
+    err = f"  error: {s['error']}" if s.get("error") else ""
+    return (f"{job_id}  {s.get('status', '?'):9s} shards {s.get('shards_done', 0)}/{s.get('n_shards', 0)}  "
+            f"images {s.get('images_done', 0)}/{s.get('n_images', 0)}{ap}{err}")
+
+
+def live_status(state: JobState, job: str | None) -> int:
+    ids = [job] if job else state.job_ids()
+    if job and not state.exists(job):
+        raise UsageError(f"no job {job} on this broker (JOB)")
+    for job_id in ids:
+        print(_line(job_id, state.summary(job_id)))
+    if job:
+        missing = state.shards_without_result(job)
+        print(f"shards without a result: {', '.join(map(str, missing)) or 'none'}")
+    print("devices:")
+    for key, raw in sorted(state.r.hgetall(REGISTRY).items()):
+        rec = json.loads(raw)
+        alive = "held" if state.r.exists(key) else "EXPIRED (the reaper gives its shard back)"
+        print(f"  {rec['host']}/{rec['device']}: {alive} by {describe_holder(rec)}")
+    return 0
+
+
+def folder_status(run_dir: Path, job: str | None) -> int:
+    paths = [run_dir / job / "report.json"] if job else sorted(run_dir.glob("*/report.json"))
+    if job and not paths[0].is_file():
+        raise UsageError(f"no report for job {job} ({paths[0]}); a running job needs --broker")
+    for path in paths:
+        r = json.loads(path.read_text())
+        s = {"status": r["status"], "ap": r["ap"]["stats"]["AP"], "n_images": r["coverage"]["expected"],
+             "images_done": r["coverage"]["counted"], "shards_done": "-", "n_shards": "-",
+             "error": "; ".join(r["errors"])}
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["timestamps"]["submit"]))
+        print(f"{when}  {_line(r['job'], s)}")
+    if not paths:
+        print(f"no finished jobs under {run_dir}")
+    return 0
+
+
+def run(args) -> int:
+    if args.broker:
+        return live_status(open_state(args.broker), args.job)
+    return folder_status(Path(args.run_dir), args.job)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="show jobs and device leases",
+                       description="Show where jobs stand: live from a cluster's Redis, or finished ones from the "
+                                   "run folders.",
+                       epilog="example: python -m orchestrator status --broker redis://head:6379/0")
+    p.add_argument("job", nargs="?", metavar="JOB", help="one job id (default: all)")
+    add_broker_arg(p, "read live state from this Redis")
+    p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
+    p.set_defaults(func=run)

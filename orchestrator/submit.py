@@ -1,0 +1,131 @@
+"""`submit`: one evaluation job, on the embedded local cluster (default) or a running one (--broker)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.cli import UsageError, add_broker_arg, open_state, positive_int
+from orchestrator.cluster import ClusterError, LocalCluster
+from orchestrator.inputs import resolve
+from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
+from orchestrator.manifest import build_manifest
+from orchestrator.progress import JobProgress
+from orchestrator.report import render, sample_banner, stdout_console, write_run_files
+from model.preprocess import SIZE_MODES
+from tasks.params import TIMINGS, ClusterTimings, JobParams
+from tasks.reduce import union_results
+from tasks.shards import AnnotationError, read_images
+from tasks.state import JobState
+from workers.devices import discover, parse_device
+from workers.lease import REGISTRY
+from workers.reaper import Reaper
+
+
+def live_devices(state: JobState) -> int:
+    """Devices whose lease is held right now on this broker."""
+    return sum(1 for key in state.r.hkeys(REGISTRY) if state.r.exists(key))
+
+
+def follow(state: JobState, params: JobParams, images: list[dict], n_devices: int, run_dir: Path,
+           timings: ClusterTimings, check_alive=None, timeout_s: float | None = None) -> int:
+    """Submit, show progress, print the final table, write the run folder; exit code 0 when done."""
+    n_shards = submit_job(state, params, images, n_devices, build_manifest(params))
+    print(f"job {params.job_id}: {len(images)} images, {n_shards} shards of up to "
+          f"{max(len(s) for s in state.all_shards(params.job_id).values())} images, batch {params.batch}, "
+          f"{n_devices} device(s), backend {params.backend}", file=sys.stderr)
+    reaper = Reaper(state, timings.reap_interval_s).start()
+    try:
+        with JobProgress(params.job_id, len(images)) as progress:
+            report = wait_job(state, params.job_id, progress.update, check_alive, timeout_s=timeout_s)
+    except (JobFailed, ClusterError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        reaper.stop()
+    console = stdout_console()
+    render(report, console)
+    write_run_files(run_dir, report, union_results(state.results(params.job_id)), console.export_text())
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    return 0 if report["status"] == "done" else 1
+
+
+def run(args) -> int:
+    positive_int("--batch", args.batch)
+    if args.shard_size < 0:
+        raise UsageError(f"--shard-size must be 0 (automatic) or more, got {args.shard_size} (--shard-size)")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be 0 or more, got {args.warmup} (--warmup)")
+    positive_int("--static-size", args.static_size)
+    run_root = Path(args.run_dir).resolve()
+    inputs = resolve(args.annotations, args.images, args.backend, args.model, run_root / "sample")
+    try:
+        images = read_images(inputs.annotation)
+    except AnnotationError as exc:
+        raise UsageError(str(exc)) from exc
+    job_id = new_job_id()
+    run_dir = run_root / job_id
+    store = "" if args.no_store else str(Path(args.store or run_root / "store").resolve())
+    params = JobParams(job_id=job_id, annotation=inputs.annotation, image_dir=inputs.image_dir,
+                       backend=inputs.backend, model=inputs.model, precision=args.precision, batch=args.batch,
+                       size_mode=args.size_mode, static_size=args.static_size, shard_size=args.shard_size,
+                       warmup_batches=args.warmup, store=store, sample=inputs.sample)
+    if inputs.sample:
+        print(sample_banner(params.to_dict()), file=sys.stderr)
+    timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
+    if args.broker:
+        state = open_state(args.broker)
+        n = live_devices(state)
+        if n == 0:
+            print("warning: no device worker holds a lease on this broker yet; the job waits for one",
+                  file=sys.stderr)
+        return follow(state, params, images, max(1, n), run_dir, timings, timeout_s=args.timeout)
+    try:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else discover()
+        for d in devices:
+            parse_device(d)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("(--device)", "(--devices)")) from exc
+    if len(set(devices)) != len(devices):
+        raise UsageError(f"a device is listed twice: {args.devices} (--devices)")
+    try:
+        with LocalCluster(run_dir, devices, inputs.backend, inputs.model, args.precision,
+                          lease_ttl_s=args.lease_ttl) as cluster:
+            state = open_state(cluster.url)
+            return follow(state, params, images, len(devices), run_dir, timings, cluster.check_alive, args.timeout)
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "submit", help="evaluate a model: box AP, device FPS, end-to-end FPS",
+        description="Run one evaluation job. Without --broker it starts an embedded cluster (private Redis, "
+                    "preprocessing pool, one worker per device) and stops it at the end. Without data it runs "
+                    "a built-in sample whose AP means nothing.",
+        epilog="examples:\n  python -m orchestrator submit --batch 8\n"
+               "  python -m orchestrator submit --model checkpoints/dcn.pth --size-mode mmdet --batch 1\n"
+               "  python -m orchestrator submit --backend sim:113ms --devices cpu:0,cpu:1\n"
+               "  python -m orchestrator submit --broker redis://head:6379/0 --model /shared/model.om",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--annotations", help="COCO instances file (default data/coco/annotations/instances_val2017.json)")
+    p.add_argument("--images", help="image folder (default data/coco/val2017, or beside the annotations)")
+    p.add_argument("--model", help="model file; its type picks the backend: .pth torch, .onnx onnxruntime, .om ascend "
+                                   "(default: checkpoints/*.pth)")
+    p.add_argument("--backend", help="groundtruth, sim:113ms, onnxruntime, torch or ascend (default: from --model)")
+    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--size-mode", choices=SIZE_MODES, default="static",
+                   help="static: the Ascend recipe's S x S canvas (default); mmdet: keep-ratio 1333x800")
+    p.add_argument("--static-size", type=int, default=1216, help="S of the static canvas (default 1216)")
+    p.add_argument("--precision", default="fp32", help="fp32 or fp16, for backends that support it")
+    p.add_argument("--devices", help="comma-separated devices for the embedded cluster (default: discovered)")
+    add_broker_arg(p, "submit to a running cluster at this Redis URL instead of starting one")
+    p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
+    p.add_argument("--store", help="tensor store folder (default RUN_DIR/store)")
+    p.add_argument("--no-store", action="store_true", help="no tensor store: every shard preprocesses itself")
+    p.add_argument("--shard-size", type=int, default=0, help="images per shard (default: 8+ shards per device)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up batches per worker left out of FPS (default 2)")
+    p.add_argument("--lease-ttl", type=float, help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g})")
+    p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    p.set_defaults(func=run)

@@ -1,0 +1,170 @@
+"""`submit`: bad input gets one line and exit 2; jobs on a running cluster (--broker) and on the embedded one."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_cli, wait_for
+from orchestrator.__main__ import main
+from tasks.state import JobState, connect
+
+
+def one_line_error(capsys, argv, *fragments):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_batch_zero_is_a_one_line_error_from_the_real_command():
+    out = run_cli("submit", "--batch", "0", timeout_s=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --batch must be at least 1, got 0 (--batch)"
+
+
+def test_missing_annotation_file_names_the_file(capsys, tmp_path):
+    one_line_error(capsys, ["submit", "--annotations", str(tmp_path / "nope.json")], "annotation file not found",
+                   str(tmp_path / "nope.json"))
+
+
+def test_missing_image_folder_and_model_are_named(capsys, selftest_set, tmp_path):
+    ann, _ = selftest_set
+    one_line_error(capsys, ["submit", "--annotations", str(ann), "--images", str(tmp_path / "none")],
+                   "image folder not found", str(tmp_path / "none"))
+    one_line_error(capsys, ["submit", "--annotations", str(ann), "--images", str(tmp_path),
+                            "--model", str(tmp_path / "m.pth")], "model file not found", "m.pth")
+
+
+def test_other_bad_flags_are_named(capsys, selftest_set, tmp_path):
+    ann, img = selftest_set
+    base = ["submit", "--annotations", str(ann), "--images", str(img)]
+    one_line_error(capsys, base + ["--backend", "warp"], "unknown backend", "(--backend)")
+    one_line_error(capsys, base + ["--backend", "onnxruntime"], "(--model)")
+    one_line_error(capsys, base + ["--backend", "groundtruth", "--devices", "gpu0"], "(--devices)")
+    one_line_error(capsys, ["selftest", "--batch", "4", "0"], "(--batch)")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    one_line_error(capsys, ["submit", "--annotations", str(bad), "--images", str(img), "--backend", "groundtruth"],
+                   "not a COCO", "bad.json")
+
+
+def write_boxes_set(folder: Path, n: int):
+    """n small images with one box each (COCO format)."""
+    (folder / "images").mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n):
+        image_id = 1000 + 3 * i
+        cv2.imwrite(str(folder / "images" / f"{image_id}.jpg"), np.full((48, 64, 3), i, dtype=np.uint8))
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 64, "height": 48})
+        anns.append({"id": i + 1, "image_id": image_id, "category_id": 18, "bbox": [4, 4, 30 + i % 20, 20],
+                     "area": 600.0, "iscrowd": 0})
+    ann = folder / "annotations.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 18, "name": "dog"}]}))
+    return ann, folder / "images"
+
+
+def submit_to(cluster, tmp_path, ann, img, *extra):
+    out = run_cli("submit", "--broker", cluster["url"], "--annotations", str(ann), "--images", str(img),
+                  "--run-dir", str(tmp_path / "runs"), "--store", str(tmp_path / "store"), "--timeout", "240",
+                  *extra)
+    (report_path,) = (tmp_path / "runs").glob("*/report.json")
+    return out, json.loads(report_path.read_text())
+
+
+@pytest.mark.slow
+def test_two_sim_devices_share_shards_and_report_the_simulated_rate(shared_cluster, tmp_path):
+    ann, img = write_boxes_set(tmp_path / "set", 64)
+    out, report = submit_to(shared_cluster, tmp_path, ann, img, "--backend", "sim:113ms", "--batch", "4",
+                            "--shard-size", "8", "--size-mode", "static", "--static-size", "320", "--warmup", "1")
+    assert out.returncode == 0, out.stderr
+    devices = report["metrics"]["devices"]
+    assert len(devices) == 2 and all(len(d["shards"]) >= 2 for d in devices.values())
+    assert sum(d["images"] for d in devices.values()) == 64
+    expected = 4 / 0.113
+    for name, d in devices.items():
+        print(f"\n{name}: {d['fps']:.2f} FPS measured, {expected:.2f} expected, p50 {d['latency_ms']['p50']:.1f} ms")
+        assert abs(d["fps"] - expected) / expected < 0.05
+    assert report["ap"]["stats"]["AP"] == 1.0 and report["coverage"]["ok"]
+    assert "device FPS" in out.stdout and "p99 ms" in out.stdout and "end-to-end FPS" in out.stdout
+
+
+@pytest.mark.slow
+def test_listed_but_absent_or_unreadable_images_are_reported_and_the_job_completes(shared_cluster, tmp_path,
+                                                                                   selftest_set):
+    ann, img = selftest_set
+    broken = tmp_path / "images"
+    shutil.copytree(img, broken)
+    (broken / "000000000802.png").write_bytes(b"\x89PNG not really")
+    (broken / "000000000872.jpg").unlink()
+    out, report = submit_to(shared_cluster, tmp_path, ann, broken, "--backend", "groundtruth", "--batch", "4")
+    assert out.returncode == 0, out.stderr
+    assert report["status"] == "done" and report["errors"] == []
+    assert set(report["coverage"]["unreadable"]) == {"802", "872"}
+    assert "unreadable images (2)" in out.stdout
+    assert "000000000802.png" in out.stdout and "000000000872.jpg" in out.stdout
+    assert report["ap"]["stats"]["AP"] < 1.0  # their objects count as missed, never dropped
+
+
+@pytest.mark.slow
+def test_onnx_model_file_picks_the_onnxruntime_backend(shared_cluster, tmp_path, selftest_set, tiny_onnx):
+    ann, img = selftest_set
+    out, report = submit_to(shared_cluster, tmp_path, ann, img, "--model", str(tiny_onnx), "--batch", "4",
+                            "--size-mode", "mmdet")
+    assert out.returncode == 0, out.stderr
+    assert report["params"]["backend"] == "onnxruntime" and report["coverage"]["ok"]
+    (results_path,) = (tmp_path / "runs").glob("*/results.json")
+    results = json.loads(results_path.read_text())
+    assert len(results) == report["coverage"]["expected"] and {r["category_id"] for r in results} == {3}
+    assert report["manifest"]["model_sha256"] and report["manifest"]["annotation_sha256"]
+
+
+@pytest.mark.slow
+def test_duplicate_delivery_is_counted_once_and_a_deleted_result_is_named(shared_cluster, tmp_path, processes):
+    from tasks.app import configure, enqueue_infer
+    ann, img = write_boxes_set(tmp_path / "set", 24)
+    url = shared_cluster["url"]
+    state = JobState(connect(url))
+    known = set(state.job_ids())
+    submit = processes.spawn("submit", ["-m", "orchestrator", "submit", "--broker", url, "--annotations", str(ann),
+                                        "--images", str(img), "--backend", "sim:100ms", "--batch", "2",
+                                        "--shard-size", "4", "--static-size", "320",
+                                        "--run-dir", str(tmp_path / "runs")], url)
+    job = wait_for(lambda: set(state.job_ids()) - known, 60, what="the job").pop()
+    wait_for(lambda: state.has_result(job, 0), 60, what="shard 0")
+    configure(url)
+    enqueue_infer(job, 0, 2, redelivered_from="test")  # shard 0 delivered a second time, mid-job
+    assert submit.wait(120) == 0, processes.log(submit)[-2000:]
+    wait_for(lambda: any(r["shard"] == 0 for r in state.batches(job)), 5, what="batch records")
+    s = state.summary(job)
+    assert (s["shards_done"], s["images_done"], s["n_shards"]) == (6, 24, 6)
+    report = state.report(job)
+    assert report["coverage"]["ok"] and report["coverage"]["counted"] == 24 and report["status"] == "done"
+
+    missing = sorted(im["id"] for im in state.all_shards(job)[2])
+    state.r.hdel(f"job:{job}:results", "2")
+    out = run_cli("report", job, "--broker", url, "--reduce", "--run-dir", str(tmp_path / "runs"))
+    assert out.returncode == 1
+    assert f"missing image ids (4): {', '.join(map(str, missing))}; shards without a result: 2" in out.stdout
+
+
+@pytest.mark.slow
+def test_embedded_submit_without_data_runs_the_sample_under_a_banner(tmp_path):
+    out = run_cli("submit", "--backend", "groundtruth", "--batch", "8", "--run-dir", str(tmp_path / "runs"),
+                  cwd=tmp_path, timeout_s=300)
+    assert out.returncode == 0, out.stderr
+    assert "BUILT-IN SAMPLE" in out.stdout and "AP means nothing" in out.stdout and "BUILT-IN SAMPLE" in out.stderr
+    assert "box AP 1.000" in out.stdout
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if (p / "report.json").is_file()]
+    assert {"report.json", "report.txt", "results.json", "logs", "redis"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "report.json").read_text())["params"]["sample"] is True
+    status = run_cli("status", "--run-dir", str(tmp_path / "runs"))
+    assert run.name in status.stdout and "done" in status.stdout
+    again = run_cli("report", run.name, "--run-dir", str(tmp_path / "runs"))
+    assert again.returncode == 0 and "box AP 1.000" in again.stdout

@@ -1,0 +1,36 @@
+"""Device FPS after warm-up, batch latency percentiles, end-to-end FPS."""
+from __future__ import annotations
+
+import pytest
+
+from tasks.metrics import device_metrics, job_metrics
+
+
+def rec(device, seq, size, t0, dt, pid=1, shard=0):
+    return {"host": "h", "device": device, "pid": pid, "seq": seq, "size": size, "t_start": t0, "t_end": t0 + dt,
+            "shard": shard}
+
+
+def test_fps_counts_device_calls_after_warmup_only():
+    records = [rec("cpu:0", 0, 8, 0.0, 5.0)] + [rec("cpu:0", i, 8, 10.0 + i, 0.1) for i in range(1, 11)]
+    m = device_metrics(records, warmup_batches=1)["h/cpu:0"]
+    assert m["warmup_batches"] == 1 and m["measured_images"] == 80
+    assert m["fps"] == pytest.approx(80 / 1.0)
+    assert m["latency_ms"]["p50"] == pytest.approx(100.0)
+
+
+def test_warmup_is_per_worker_process():
+    records = [rec("cpu:0", 0, 4, 0, 1.0, pid=1), rec("cpu:0", 1, 4, 1, 0.2, pid=1),
+               rec("cpu:0", 0, 4, 5, 1.0, pid=2), rec("cpu:0", 1, 4, 6, 0.2, pid=2)]
+    m = device_metrics(records, warmup_batches=1)["h/cpu:0"]
+    assert m["measured_batches"] == 2 and m["fps"] == pytest.approx(8 / 0.4) and m["workers"] == [1, 2]
+
+
+def test_percentiles_and_job_totals():
+    records = [rec("cpu:0", i, 1, i, (i + 1) / 100) for i in range(100)] + [rec("cpu:1", 0, 2, 0, 0.5)]
+    j = job_metrics(records, 0, n_images=102, t_submit=100.0, t_reduce_start=110.0)
+    lat = j["devices"]["h/cpu:0"]["latency_ms"]
+    assert lat["p50"] == pytest.approx(505.0) and lat["p99"] == pytest.approx(990.1)
+    assert j["e2e_fps"] == pytest.approx(10.2)
+    assert j["device_fps_total"] == pytest.approx(100 / sum((i + 1) / 100 for i in range(100)) + 4.0)
+    assert not j["valid"]  # cpu:1 ran one batch: not enough for a steady rate

@@ -42,9 +42,10 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 class RedisServer:
     """redis-server on a free loopback port, its data and log in `folder`; stopped by `stop()`."""
 
-    def __init__(self, folder: str | Path, port: int | None = None):
+    def __init__(self, folder: str | Path, port: int | None = None, extra_args: list[str] | None = None):
         self.folder = Path(folder)
         self.port = port or free_port()
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -59,7 +60,8 @@ class RedisServer:
         log = open(self.folder / "redis.log", "ab")
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--daemonize", "no"],
+             "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--daemonize", "no",
+             *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.time() + timeout_s

@@ -19,7 +19,7 @@ SAMPLE_BANNER = ("BUILT-IN SAMPLE: no COCO data was found, so this ran the gener
 
 def stdout_console() -> Console:
     """Plain text when not a terminal, wide enough for the tables."""
-    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120, record=True)
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120, record=True, soft_wrap=True)
 
 
 def _num(value, fmt: str = ".1f") -> str:

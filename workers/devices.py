@@ -85,7 +85,7 @@ def attest(device: str) -> dict:
         if out is None:
             return {"idle": None, "detail": "nvidia-smi not available"}
         util, mem = (int(float(x)) for x in out.strip().split(",")[:2])
-        others = [p for p in (procs or "").split() if p.strip() and int(p) != os.getpid()]
+        others = [p for p in (procs or "").split() if p.isdigit() and int(p) != os.getpid()]
         idle = util <= IDLE_UTILISATION and mem <= IDLE_MEMORY_MB and not others
         return {"idle": idle, "detail": f"utilisation {util} %, memory {mem} MiB, other processes {len(others)}"}
     if kind == "npu":

@@ -24,6 +24,7 @@ app = Celery("evaluator")
 def configure(broker_url: str | None = None) -> str:
     """Point the app (and job state) at a Redis; returns the URL in use."""
     url = broker_url or broker_from_env()
+    _drop_connections()
     app.conf.update(
         broker_url=url,
         result_backend=url,
@@ -56,6 +57,18 @@ def configure(broker_url: str | None = None) -> str:
 _states: dict[int, JobState] = {}
 
 
+def _drop_connections() -> None:
+    """Forget pooled broker and backend connections, so re-pointing the app never reuses the old Redis."""
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+
+
 def job_state() -> JobState:
     """This process's JobState on the app's broker (one per process: clients are not shared over fork)."""
     pid = os.getpid()
@@ -66,8 +79,8 @@ def job_state() -> JobState:
 
 @app.task(name="evaluator.preprocess")
 def preprocess(job_id: str, shard: int, batch: int, device: str = "cpu") -> dict:
-    """Fill the tensor store for one shard."""
-    return preprocess_shard(job_state(), job_id, shard)
+    """Fill the tensor store for one shard (this worker's own store when it was started with --store)."""
+    return preprocess_shard(job_state(), job_id, shard, os.environ.get("EVALUATOR_STORE") or None)
 
 
 @app.task(name="evaluator.infer")

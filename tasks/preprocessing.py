@@ -8,15 +8,19 @@ from tasks.state import FINISHED, JobState
 from tasks.store import TensorStore
 
 
-def preprocess_shard(state: JobState, job_id: str, shard: int) -> dict:
-    """Make sure every readable image of the shard has a store entry; unreadable ones are left to the reducer."""
+def preprocess_shard(state: JobState, job_id: str, shard: int, store_root: str | None = None) -> dict:
+    """Make sure every readable image of the shard has a store entry; unreadable ones are left to the reducer.
+
+    `store_root` overrides the job's store (a worker with a per-host local store).
+    """
     status = state.status(job_id)
     if status is None or status in FINISHED:
         return {"skipped": f"job {status or 'unknown'}"}
     params = state.params(job_id)
-    if not params.store:
+    root = store_root or params.store
+    if not root:
         return {"skipped": "no tensor store"}
-    store = TensorStore(params.store)
+    store = TensorStore(root)
     unreadable = 0
     items = state.shard_items(job_id, shard)
     for item in items:

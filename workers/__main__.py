@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "jobs name their own, this only preloads")
     p.add_argument("--model", help="model file to preload (.pth, .onnx, .om)")
     p.add_argument("--precision", default="fp32", help="fp32 or fp16 (backends that support it)")
-    p.add_argument("--store", help="worker-local tensor store folder (default: the job's)")
+    p.add_argument("--store", help="this host's tensor store folder (default: the job's)")
     p.add_argument("--lease-ttl", type=float, default=TIMINGS.lease_ttl_s,
                    help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g}); failover takes TTL + TTL/3")
     p.add_argument("--concurrency", type=int, default=max(1, (os.cpu_count() or 2) - 1),
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.store:
+        args.store = os.path.abspath(args.store)
+        os.environ["EVALUATOR_STORE"] = args.store  # the prefork pool's children read it
     url = configure(args.broker)
     state = JobState(connect(url))
     timings = TIMINGS if args.lease_ttl == TIMINGS.lease_ttl_s else ClusterTimings.with_ttl(args.lease_ttl)

@@ -19,3 +19,17 @@ def test_readable_task_names_on_their_queues():
     assert names <= set(app.tasks)
     assert {n: app.conf.task_routes[n]["queue"] for n in names} == {
         "evaluator.preprocess": "preprocess", "evaluator.infer": "infer", "evaluator.reduce": "reduce"}
+
+
+def test_re_pointing_the_app_sends_to_the_new_redis(redis_server):
+    import redis
+
+    from conftest import fresh_db_url
+    from tasks.app import enqueue_reduce
+    first, second = fresh_db_url(redis_server), fresh_db_url(redis_server)
+    configure(first)
+    enqueue_reduce("a")
+    configure(second)
+    enqueue_reduce("b")
+    assert redis.Redis.from_url(first).llen("reduce") == 1
+    assert redis.Redis.from_url(second).llen("reduce") == 1

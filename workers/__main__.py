@@ -48,6 +48,7 @@ def celery_argv(queues: list[str], pool: str, name: str, loglevel: str, concurre
 
 
 def run_device_worker(args, state: JobState, timings: ClusterTimings) -> int:
+    from workers.devices import attest
     from workers.inference import ShardRunner
     from workers.lease import DeviceLease
     from workers.reaper import Reaper, give_back
@@ -55,6 +56,8 @@ def run_device_worker(args, state: JobState, timings: ClusterTimings) -> int:
     reaper = Reaper(state, timings.reap_interval_s).start()  # heals the cluster even while we wait
     lease = DeviceLease(state.r, args.device, timings.lease_ttl_s)
     runner = ShardRunner(state, lease, store_root=args.store)
+    runner.attestation = attest(args.device)
+    log.info("%s idle before start: %s (%s)", args.device, runner.attestation["idle"], runner.attestation["detail"])
     try:
         lease.acquire(on_previous=lambda rec: give_back(state, rec))
         lease.start_heartbeat(timings.heartbeat_s)

@@ -42,6 +42,7 @@ class ShardRunner:
         self.backend = None
         self._backend_key: tuple | None = None
         self.seq = 0  # batches since the backend was loaded (warm-up = the first few)
+        self.attestation: dict | None = None  # idle check made before the lease was taken
 
     # -- backend ------------------------------------------------------------------------------------
     def backend_for(self, backend: str, model: str = "", precision: str = "fp32"):
@@ -61,7 +62,8 @@ class ShardRunner:
 
     def _registration(self, backend) -> str:
         return json.dumps({"host": self.host, "device": self.device, "pid": self.lease.pid,
-                           "started": time.time(), "backend": backend.describe(), "attest": attest(self.device)})
+                           "started": time.time(), "backend": backend.describe(),
+                           "attest": self.attestation or attest(self.device)})
 
     # -- lease ----------------------------------------------------------------------------------------
     def begin_shard(self, job_id: str, shard: int, batch: int) -> None:

@@ -168,3 +168,21 @@ def test_embedded_submit_without_data_runs_the_sample_under_a_banner(tmp_path):
     assert run.name in status.stdout and "done" in status.stdout
     again = run_cli("report", run.name, "--run-dir", str(tmp_path / "runs"))
     assert again.returncode == 0 and "box AP 1.000" in again.stdout
+
+
+@pytest.mark.slow
+def test_sample_runs_a_random_weights_torch_model_when_the_model_package_is_there(tmp_path):
+    import importlib.util
+    for module in ("torch", "model.random_checkpoint", "workers.backends.torch_backend"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed here: the sample falls back to the groundtruth backend")
+    # a small canvas keeps the CPU forward quick; the wiring is what is tested here
+    out = run_cli("submit", "--batch", "8", "--static-size", "320", "--run-dir", str(tmp_path / "runs"),
+                  cwd=tmp_path, timeout_s=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "random-weights model (backend torch)" in out.stdout and "AP means nothing" in out.stdout
+    (report_path,) = (tmp_path / "runs").glob("*/report.json")
+    report = json.loads(report_path.read_text())
+    assert report["params"]["backend"] == "torch" and report["params"]["sample"] is True
+    assert report["coverage"]["ok"] and report["coverage"]["expected"] == 4
+    assert report["manifest"]["model_sha256"]

@@ -26,8 +26,8 @@ def submit_job(state: JobState, params: JobParams, images: list[dict], n_devices
     state.create(params, shards)
     if manifest:
         state.r.hset(f"job:{params.job_id}", "manifest", json.dumps(manifest))
+    state.set_status(params.job_id, "running", t_running=time.time())  # before any task can finish it
     enqueue_job(params.job_id, len(shards), params.batch)
-    state.set_status(params.job_id, "running", t_running=time.time())
     return len(shards)
 
 

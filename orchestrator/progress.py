@@ -1,6 +1,8 @@
 """The live progress bar on stderr: images inferred, images/s, ETA."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
@@ -16,7 +18,7 @@ class JobProgress:
     """Follows a job summary (images_inferred, shards_done, status) on stderr."""
 
     def __init__(self, job_id: str, total: int, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 120)
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("images"), RateColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"),

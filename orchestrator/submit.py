@@ -13,6 +13,7 @@ from orchestrator.manifest import build_manifest
 from orchestrator.progress import JobProgress
 from orchestrator.report import render, sample_banner, stdout_console, write_run_files
 from model.preprocess import SIZE_MODES
+from tasks.app import app
 from tasks.params import TIMINGS, ClusterTimings, JobParams
 from tasks.reduce import union_results
 from tasks.shards import AnnotationError, read_images
@@ -33,7 +34,8 @@ def follow(state: JobState, params: JobParams, images: list[dict], n_devices: in
     n_shards = submit_job(state, params, images, n_devices, build_manifest(params))
     print(f"job {params.job_id}: {len(images)} images, {n_shards} shards of up to "
           f"{max(len(s) for s in state.all_shards(params.job_id).values())} images, batch {params.batch}, "
-          f"{n_devices} device(s), backend {params.backend}", file=sys.stderr)
+          f"{n_devices} device(s), backend {params.backend}; follow it with "
+          f"`python -m orchestrator status {params.job_id} --broker {app.conf.broker_url}`", file=sys.stderr)
     reaper = Reaper(state, timings.reap_interval_s).start()
     try:
         with JobProgress(params.job_id, len(images)) as progress:

@@ -146,6 +146,9 @@ def test_duplicate_delivery_is_counted_once_and_a_deleted_result_is_named(shared
     assert (s["shards_done"], s["images_done"], s["n_shards"]) == (6, 24, 6)
     report = state.report(job)
     assert report["coverage"]["ok"] and report["coverage"]["counted"] == 24 and report["status"] == "done"
+    status = run_cli("status", job, "--broker", url)
+    assert f"{job}  done" in status.stdout and "shards 6/6" in status.stdout
+    assert "shards without a result: none" in status.stdout and "cpu:0: held by" in status.stdout
 
     missing = sorted(im["id"] for im in state.all_shards(job)[2])
     state.r.hdel(f"job:{job}:results", "2")

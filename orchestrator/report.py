@@ -64,6 +64,10 @@ def render(report: dict, console: Console) -> None:
     console.print(f"end-to-end FPS {_num(m['e2e_fps'], '.2f')}: {m['images']} images in {m['wall_s']:.1f} s "
                   f"(submit to reducer start); COCOeval {report['timestamps']['evaluate_s']:.1f} s")
     console.print(f"validity: {m['validity_rule']}")
+    for w in report.get("workers", []):
+        idle = {True: "idle", False: "NOT idle", None: "not attested"}[w["attest"]["idle"]]
+        console.print(f"worker {w['host']}/{w['device']} pid {w['pid']}: {w['backend'].get('backend')}, "
+                      f"{idle} before start ({w['attest']['detail']})", markup=False)
     cov = report["coverage"]
     if cov["unreadable"]:
         console.print(f"unreadable images ({len(cov['unreadable'])}), counted once, no detections:")

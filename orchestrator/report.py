@@ -56,13 +56,16 @@ def render(report: dict, console: Console) -> None:
         fps.add_column(col, justify="left" if col == "device" else "right")
     for name, d in m["devices"].items():
         lat = d["latency_ms"]
-        fps.add_row(name, str(d["images"]), str(d["batches"]), str(len(d["shards"])), _num(d["fps"], ".2f"),
+        device_fps = _num(d["fps"], ".2f") if d["fps"] else f"({_num(d.get('fps_with_warmup'), '.2f')})"
+        fps.add_row(name, str(d["images"]), str(d["batches"]), str(len(d["shards"])), device_fps,
                     _num(lat["p50"]), _num(lat["p90"]), _num(lat["p99"]), "yes" if d["valid"] else "no")
     fps.add_row("all devices", str(sum(d["images"] for d in m["devices"].values())), "", "",
                 _num(m["device_fps_total"], ".2f"), "", "", "", "yes" if m["valid"] else "no")
     console.print(fps)
     console.print(f"end-to-end FPS {_num(m['e2e_fps'], '.2f')}: {m['images']} images in {m['wall_s']:.1f} s "
                   f"(submit to reducer start); COCOeval {report['timestamps']['evaluate_s']:.1f} s")
+    if any(not d["fps"] for d in m["devices"].values()):
+        console.print("(FPS in brackets: no batch after warm-up on that device, so warm-up is included)")
     console.print(f"validity: {m['validity_rule']}")
     for w in report.get("workers", []):
         idle = {True: "idle", False: "NOT idle", None: "not attested"}[w["attest"]["idle"]]

@@ -26,6 +26,7 @@ def device_metrics(records: list[dict], warmup_batches: int) -> dict[str, dict]:
     for name, recs in sorted(by_device.items()):
         measured = [r for r in recs if r["seq"] >= warmup_batches]
         seconds = [r["t_end"] - r["t_start"] for r in measured]
+        all_s = sum(r["t_end"] - r["t_start"] for r in recs)
         images = sum(r["size"] for r in measured)
         device_s = float(sum(seconds))
         lat = np.asarray(seconds, dtype=np.float64) * 1000.0
@@ -37,6 +38,7 @@ def device_metrics(records: list[dict], warmup_batches: int) -> dict[str, dict]:
             "measured_images": images,
             "device_s": device_s,
             "fps": images / device_s if device_s > 0 else None,
+            "fps_with_warmup": sum(r["size"] for r in recs) / all_s if all_s > 0 else None,
             "latency_ms": ({q: float(np.percentile(lat, int(q[1:]))) for q in ("p50", "p90", "p99")}
                            if lat.size else {"p50": None, "p90": None, "p99": None}),
             "shards": sorted({r["shard"] for r in recs}),

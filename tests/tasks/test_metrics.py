@@ -17,6 +17,7 @@ def test_fps_counts_device_calls_after_warmup_only():
     assert m["warmup_batches"] == 1 and m["measured_images"] == 80
     assert m["fps"] == pytest.approx(80 / 1.0)
     assert m["latency_ms"]["p50"] == pytest.approx(100.0)
+    assert m["fps_with_warmup"] == pytest.approx(88 / 6.0)
 
 
 def test_warmup_is_per_worker_process():

@@ -131,6 +131,8 @@ def lower_ascend_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     lowered.opset_import.append(helper.make_opsetid(ASCEND_DOMAIN, 1))
     lowered = version_converter.convert_version(lowered, OPSET)
     weights = {i.name: i for i in lowered.graph.initializer}
+    weights.update({n.output[0]: n.attribute[0].t for n in lowered.graph.node
+                    if n.op_type == "Constant" and n.attribute[0].name == "value"})
     nodes, inits = [], []
     for index, node in enumerate(lowered.graph.node):
         if node.domain != ASCEND_DOMAIN:

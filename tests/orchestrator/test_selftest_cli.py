@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from real_processes import run_cli
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import run_cli, wait_for
+from real_processes import run_cli, wait_for
 from orchestrator.__main__ import main
 from tasks.state import JobState, connect
 

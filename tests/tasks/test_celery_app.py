@@ -24,7 +24,7 @@ def test_readable_task_names_on_their_queues():
 def test_re_pointing_the_app_sends_to_the_new_redis(redis_server):
     import redis
 
-    from conftest import fresh_db_url
+    from real_processes import fresh_db_url
     from tasks.app import enqueue_reduce
     first, second = fresh_db_url(redis_server), fresh_db_url(redis_server)
     configure(first)

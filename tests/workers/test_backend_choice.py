@@ -97,7 +97,7 @@ def test_torch_backend_resolves_to_the_model_package_class(monkeypatch, tmp_path
 
 @pytest.mark.parametrize("fixed_batch,with_clip", [(None, True), (2, True), (None, False)])
 def test_onnxruntime_runs_a_contract_model(tmp_path, fixed_batch, with_clip):
-    from conftest import write_tiny_onnx
+    from contract_onnx import write_tiny_onnx
     path = write_tiny_onnx(tmp_path / "m.onnx", fixed_batch, with_clip)
     backend = OnnxRuntimeBackend(path, "cpu:0")
     backend.load()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from real_processes import wait_for
 from tasks.state import JobState, connect
 
 HOST = socket.gethostname()

@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conversion_helpers import TorchReference
 
 REPO = Path(__file__).resolve().parents[2]
 ORACLE = REPO.parent / "shared" / "fixtures" / "oracle"
@@ -61,39 +61,6 @@ def detector(parity_checkpoint):
     return load_detector(parity_checkpoint)
 
 
-def network_inputs(paths: list[Path], size: int, flip: bool = False):
-    """Static-canvas inputs [B,3,S,S], clip_hw [B,2] and metas; `flip` mirrors each image first."""
-    import cv2
-
-    from model.preprocess import clip_sizes, load_image, preprocess
-    inputs, metas = [], []
-    for path in paths:
-        img = load_image(path)
-        x, meta = preprocess(cv2.flip(img, 1) if flip else img, "static", static_size=size)
-        inputs.append(x)
-        metas.append(meta)
-    return np.stack(inputs), clip_sizes(metas), metas
-
-
-class TorchReference:
-    """The torch model's detections per image (batch 1), computed once per (image, size, flip)."""
-
-    def __init__(self, detector):
-        self.detector = detector
-        self.cache: dict = {}
-
-    def __call__(self, path: Path, size: int, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        key = (path, size, flip)
-        if key not in self.cache:
-            images, clip, _ = network_inputs([path], size, flip)
-            with torch.no_grad():
-                dets, labels = self.detector(torch.from_numpy(images), torch.from_numpy(clip))
-            self.cache[key] = (dets[0].numpy(), labels[0].numpy())
-        return self.cache[key]
-
-
 @pytest.fixture(scope="session")
 def torch_reference(detector) -> TorchReference:
     return TorchReference(detector)
@@ -120,11 +87,3 @@ def ascend_512_b2(detector, export_dir) -> Path:
     path = export_dir / "ascend_512_b2.onnx"
     export_onnx(detector, path, target="ascend", batch=2, size=512)
     return path
-
-
-def ort_session(path, threads: int = 2):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(path if isinstance(path, (str, bytes)) else str(path), options,
-                                providers=["CPUExecutionProvider"])

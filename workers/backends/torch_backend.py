@@ -1,0 +1,87 @@
+"""The PyTorch model itself (eager) on CPU or a CUDA device: the reference every export is checked against."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from workers.backends.base import MAX_DETS, Backend, InferenceBatch
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def parse_device(spec: str) -> str:
+    """`cpu`, `cpu:N`, `cuda` or `cuda:N` to a torch device string; ValueError naming --device otherwise."""
+    kind, _, index = spec.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise ValueError(f"the torch backend runs on cpu or cuda:N, not {spec!r} (--device)")
+    if kind == "cpu":
+        return "cpu"
+    return f"cuda:{int(index or 0)}"
+
+
+class TorchBackend(Backend):
+    """Weights are loaded and moved once, in `load` (in the worker process); `infer` runs under inference_mode."""
+
+    name = "torch"
+    needs_pixels = True
+
+    def __init__(self, model_path: str | Path, device: str = "cpu", precision: str = "fp32"):
+        self.model_path = str(model_path)
+        self.device = parse_device(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)} (--precision)")
+        if precision == "fp16" and self.device == "cpu":
+            raise ValueError("fp16 needs a CUDA device; the torch backend runs fp32 on cpu (--precision)")
+        if precision == "fp16":
+            raise ValueError("fp16 is not available in the torch backend yet; use fp32 (--precision)")
+        self.precision = precision
+        self.model = None
+
+    def load(self) -> None:
+        import torch
+
+        from model.checkpoint import load_detector
+        if self.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"CUDA is not available in this process (--device {self.device})")
+            if int(self.device.split(":")[1]) >= torch.cuda.device_count():
+                raise RuntimeError(f"no such CUDA device: {torch.cuda.device_count()} visible (--device {self.device})")
+            # fp32 means fp32: no TF32 rounding in cuDNN convolutions or matmuls (this process owns the device).
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        self.model = load_detector(self.model_path, self.device)
+
+    def infer(self, batch: InferenceBatch) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        if self.model is None:
+            raise RuntimeError("TorchBackend.infer called before load()")
+        if batch.images is None:
+            raise ValueError("the torch backend needs the batch's pixels (images is None)")
+        images = torch.from_numpy(np.ascontiguousarray(batch.images, dtype=np.float32)).to(self.device)
+        clip_hw = torch.from_numpy(np.ascontiguousarray(batch.clip_hw, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            dets, labels = self.model(images, clip_hw)
+        return (dets.float().cpu().numpy().reshape(-1, MAX_DETS, 5),
+                labels.cpu().numpy().astype(np.int64).reshape(-1, MAX_DETS))
+
+    def describe(self) -> dict:
+        import torch
+        import torchvision
+
+        facts = {"backend": self.name, "model": self.model_path, "device": self.device,
+                 "precision": self.precision, "torch": torch.__version__, "torchvision": torchvision.__version__}
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            facts["device_name"] = torch.cuda.get_device_name(int(self.device.split(":")[1]))
+        else:
+            facts["threads"] = torch.get_num_threads()
+        return facts
+
+    def close(self) -> None:
+        if self.model is None:
+            return
+        self.model = None
+        if self.device.startswith("cuda"):
+            import torch
+            torch.cuda.empty_cache()

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from model.config import MODEL
+from workers.backends import BackendUnavailable
 from workers.backends.base import MAX_DETS, Backend, InferenceBatch
 
 INSTALL_HINT = ("install CANN (source /usr/local/Ascend/ascend-toolkit/set_env.sh) and the aclruntime + ais_bench "
@@ -47,11 +48,11 @@ def to_contract(dets: np.ndarray, labels: np.ndarray, batch_size: int,
 
 
 def import_infer_session():
-    """ais_bench's InferSession class, or an ImportError that says what to install."""
+    """ais_bench's InferSession class, or BackendUnavailable saying what to install."""
     try:
         from ais_bench.infer.interface import InferSession
     except ImportError as exc:
-        raise ImportError(f"the ascend backend needs ais_bench ({exc}): {INSTALL_HINT}") from exc
+        raise BackendUnavailable(f"the ascend backend needs ais_bench ({exc}): {INSTALL_HINT}") from exc
     return InferSession
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from model.preprocess import plan_geometry
+from workers.backends import BackendUnavailable, create_backend
 from workers.backends.ascend_backend import AscendBackend, parse_device_id, to_contract
 from workers.backends.base import InferenceBatch
 
@@ -94,6 +95,11 @@ def om_file(tmp_path):
     return path
 
 
+def test_created_by_the_backend_factory(om_file):
+    backend = create_backend("ascend", model=str(om_file), device="npu:2")
+    assert isinstance(backend, AscendBackend) and backend.device_id == 2 and backend.session is None
+
+
 def test_parse_device_id():
     assert parse_device_id("npu:3") == 3 and parse_device_id(2) == 2
     with pytest.raises(ValueError, match="npu:N"):
@@ -169,5 +175,5 @@ def test_wrong_input_size_and_missing_runtime(monkeypatch, om_file):
     with pytest.raises(ValueError, match="does not fit the om input"):
         backend.infer(make_batch(2, 2, size=32))
     monkeypatch.setitem(sys.modules, "ais_bench.infer.interface", None)  # import now fails
-    with pytest.raises(ImportError, match="aclruntime"):
+    with pytest.raises(BackendUnavailable, match="aclruntime"):
         AscendBackend(om_file).load()

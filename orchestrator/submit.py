@@ -36,20 +36,27 @@ def follow(state: JobState, params: JobParams, images: list[dict], n_devices: in
           f"{max(len(s) for s in state.all_shards(params.job_id).values())} images, batch {params.batch}, "
           f"{n_devices} device(s), backend {params.backend}; follow it with "
           f"`python -m orchestrator status {params.job_id} --broker {app.conf.broker_url}`", file=sys.stderr)
+    return watch(state, params.job_id, run_dir, timings, check_alive, timeout_s)[0]
+
+
+def watch(state: JobState, job_id: str, run_dir: Path, timings: ClusterTimings, check_alive=None,
+          timeout_s: float | None = None) -> tuple[int, dict | None]:
+    """Progress until the job ends, then the table and the run folder: (exit code, report or None)."""
+    n_images = int(state.summary(job_id).get("n_images", 0))
     reaper = Reaper(state, timings.reap_interval_s).start()
     try:
-        with JobProgress(params.job_id, len(images)) as progress:
-            report = wait_job(state, params.job_id, progress.update, check_alive, timeout_s=timeout_s)
+        with JobProgress(job_id, n_images) as progress:
+            report = wait_job(state, job_id, progress.update, check_alive, timeout_s=timeout_s)
     except (JobFailed, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 1, None
     finally:
         reaper.stop()
     console = stdout_console()
     render(report, console)
-    write_run_files(run_dir, report, union_results(state.results(params.job_id)), console.export_text())
+    write_run_files(run_dir, report, union_results(state.results(job_id)), console.export_text())
     print(f"run folder: {run_dir}", file=sys.stderr)
-    return 0 if report["status"] == "done" else 1
+    return (0 if report["status"] == "done" else 1), report
 
 
 def run(args) -> int:

@@ -91,28 +91,48 @@ def infer(job_id: str, shard: int, batch: int, device: str = "any", redelivered_
 
 @app.task(name="evaluator.reduce")
 def reduce(job_id: str) -> dict:
-    """Coverage check, COCOeval, report."""
+    """Coverage check, COCOeval, report (a cancelled job is left alone: `resume` reduces it later)."""
+    if job_state().status(job_id) == "cancelled":
+        return {"skipped": "job cancelled"}
     report = reduce_job(job_state(), job_id)
     return {"status": report["status"], "AP": report["ap"]["stats"]["AP"], "errors": report["errors"]}
 
 
-def enqueue_job(job_id: str, n_shards: int, batch: int) -> None:
-    """Preprocessing for every shard first, then inference for every shard (both in shard order)."""
-    for shard in range(n_shards):
-        preprocess.apply_async(kwargs={"job_id": job_id, "shard": shard, "batch": batch, "device": "cpu"})
-    for shard in range(n_shards):
+def tasks_key(job_id: str) -> str:
+    """Set of every task id a job was sent under, so that `cancel` can revoke them all."""
+    return f"job:{job_id}:tasks"
+
+
+def _remember(job_id: str, sent) -> None:
+    job_state().r.sadd(tasks_key(job_id), sent.id)
+
+
+def enqueue_job(job_id: str, n_shards: int, batch: int, preprocess_first: bool = True,
+                shards: list[int] | None = None) -> None:
+    """Preprocessing for every shard first (unless the store is known warm), then inference, in shard order."""
+    shards = list(range(n_shards)) if shards is None else shards
+    if preprocess_first:
+        for shard in shards:
+            enqueue_preprocess(job_id, shard, batch)
+    for shard in shards:
         enqueue_infer(job_id, shard, batch)
+
+
+def enqueue_preprocess(job_id: str, shard: int, batch: int) -> None:
+    _remember(job_id, preprocess.apply_async(kwargs={"job_id": job_id, "shard": shard, "batch": batch,
+                                                     "device": "cpu"}))
 
 
 def enqueue_infer(job_id: str, shard: int, batch: int, redelivered_from: str | None = None) -> None:
     kwargs = {"job_id": job_id, "shard": shard, "batch": batch, "device": "any"}
     if redelivered_from:
         kwargs["redelivered_from"] = redelivered_from
-    infer.apply_async(kwargs=kwargs, priority=REDELIVERY_PRIORITY if redelivered_from else INFER_PRIORITY)
+    _remember(job_id, infer.apply_async(kwargs=kwargs,
+                                        priority=REDELIVERY_PRIORITY if redelivered_from else INFER_PRIORITY))
 
 
 def enqueue_reduce(job_id: str) -> None:
-    reduce.apply_async(kwargs={"job_id": job_id})
+    _remember(job_id, reduce.apply_async(kwargs={"job_id": job_id}))
 
 
 configure()

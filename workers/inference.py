@@ -30,6 +30,10 @@ class LeaseLost(RuntimeError):
     """The device lease expired or was taken over mid-shard: nothing more is run or written."""
 
 
+class JobStopped(RuntimeError):
+    """The job was cancelled (or finished) mid-shard: the shard is abandoned, nothing is written."""
+
+
 class ShardRunner:
     """What a device worker installs as the body of `evaluator.infer` (see tasks.runtime)."""
 
@@ -43,6 +47,8 @@ class ShardRunner:
         self._backend_key: tuple | None = None
         self.seq = 0  # batches since the backend was loaded (warm-up = the first few)
         self.attestation: dict | None = None  # idle check made before the lease was taken
+        self.job_in_flight: str | None = None
+        self.job_batches: dict[str, int] = {}
 
     # -- backend ------------------------------------------------------------------------------------
     def backend_for(self, backend: str, model: str = "", precision: str = "fp32"):
@@ -74,8 +80,19 @@ class ShardRunner:
                 return
 
     def check(self) -> None:
+        """Before each batch: still our device, and (one HGET) the job was not cancelled meanwhile."""
         if not self.lease.held:
             raise LeaseLost(f"lease on {self.device} lost mid-shard")
+        if self.job_in_flight is not None:
+            status = self.state.status(self.job_in_flight)
+            if status is None or status in FINISHED:
+                raise JobStopped(f"job {status or 'unknown'}")
+
+    def next_seq(self, job_id: str) -> int:
+        """This worker's batch index within the job: each job (each batch size of a sweep) warms up anew."""
+        n = self.job_batches.get(job_id, 0)
+        self.job_batches[job_id] = n + 1
+        return n
 
     # -- the task body ---------------------------------------------------------------------------------
     def __call__(self, job_id: str, shard: int) -> dict:
@@ -86,6 +103,7 @@ class ShardRunner:
             return {"skipped": "duplicate: shard already written", "device": self.device}
         params = self.state.params(job_id)
         self.begin_shard(job_id, shard, params.batch)
+        self.job_in_flight = job_id
         try:
             try:
                 backend = self.backend_for(params.backend, params.model, params.precision)
@@ -96,11 +114,14 @@ class ShardRunner:
                 payload = run_shard(self, backend, params, shard, self.state.shard_items(job_id, shard))
             except LeaseLost:
                 raise
+            except JobStopped as exc:
+                return {"skipped": f"{exc}: shard {shard} abandoned", "device": self.device}
             except Exception as exc:
                 self.state.fail(job_id, f"shard {shard} on {self.host}/{self.device}: {exc.__class__.__name__}: {exc}")
                 raise
             outcome, done = self.state.write_result(job_id, shard, payload, self.lease.fence_key, self.lease.fence)
         finally:
+            self.job_in_flight = None
             if self.lease.held:
                 self.lease.mark(None)
         n_shards = int(self.state.r.hget(f"job:{job_id}", "n_shards") or 0)
@@ -168,7 +189,7 @@ def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, grou
                          f"for {len(group)} images")
     runner.state.record_batch(params.job_id, {
         "job": params.job_id, "shard": shard, "device": runner.device, "host": runner.host, "pid": os.getpid(),
-        "seq": runner.seq, "size": len(group), "rows": rows, "t_start": t_start, "t_end": t_end, "load_s": load_s,
+        "seq": runner.next_seq(params.job_id), "size": len(group), "rows": rows, "t_start": t_start, "t_end": t_end, "load_s": load_s,
     })
     runner.seq += 1
     out = []

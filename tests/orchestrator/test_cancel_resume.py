@@ -1,0 +1,134 @@
+"""cancel and resume on a running cluster: nothing runs after cancel; a resumed job reports what an uninterrupted one does."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from real_processes import run_cli, wait_for
+from orchestrator.control import active_tasks, shards_in_flight
+from tasks.app import configure
+from tasks.queues import queued_tasks
+from tasks.state import JobState, connect
+
+pytestmark = pytest.mark.slow
+N_IMAGES = 40
+UNREADABLE = {1006, 1051}  # their boxes count as missed: AP below 1, so equal AP means equal work
+
+
+def write_set(folder: Path):
+    (folder / "images").mkdir(parents=True)
+    images, anns = [], []
+    for i in range(N_IMAGES):
+        image_id = 1000 + 3 * i
+        path = folder / "images" / f"{image_id}.jpg"
+        if image_id in UNREADABLE:
+            path.write_bytes(b"not a jpeg")
+        else:
+            cv2.imwrite(str(path), np.full((48, 64, 3), 3 * i, dtype=np.uint8))
+        images.append({"id": image_id, "file_name": path.name, "width": 64, "height": 48})
+        anns.append({"id": i + 1, "image_id": image_id, "category_id": 18, "bbox": [4, 4, 20 + i % 30, 20],
+                     "area": 400.0, "iscrowd": 0})
+    ann = folder / "annotations.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 18, "name": "dog"}]}))
+    return ann, folder / "images"
+
+
+def job_args(url, ann, img, runs, latency):
+    return ["submit", "--broker", url, "--annotations", str(ann), "--images", str(img), "--backend", f"sim:{latency}",
+            "--batch", "2", "--shard-size", "2", "--static-size", "320", "--run-dir", str(runs)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_set(tmp_path_factory.mktemp("cancel_set"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shared_cluster, data, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("uninterrupted")
+    out = run_cli(*job_args(shared_cluster["url"], *data, runs, "20ms"), timeout_s=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (path,) = runs.glob("*/report.json")
+    report = json.loads(path.read_text())
+    assert 0.5 < report["ap"]["stats"]["AP"] < 1.0 and len(report["coverage"]["unreadable"]) == 2
+    return report
+
+
+def start_job(processes, url, data, runs, state):
+    """A submit process on the shared cluster, slow enough to interrupt; returns (process, job id)."""
+    known = set(state.job_ids())
+    proc = processes.spawn("submit", ["-m", "orchestrator", *job_args(url, *data, runs, "300ms")], url)
+    job = wait_for(lambda: set(state.job_ids()) - known, 60, what="the job").pop()
+    wait_for(lambda: state.r.hlen(f"job:{job}:results") >= 2, 60, what="two shard results")
+    return proc, job
+
+
+def same_numbers(report, reference):
+    assert report["status"] == "done" and report["errors"] == []
+    assert report["ap"]["stats"] == reference["ap"]["stats"]
+    assert report["coverage"]["counted"] == reference["coverage"]["counted"] == N_IMAGES
+    assert report["coverage"]["unreadable"] == reference["coverage"]["unreadable"]
+
+
+def test_killed_orchestrator_with_lost_queue_resumes_to_the_same_report(shared_cluster, data, uninterrupted,
+                                                                        processes, tmp_path):
+    url = shared_cluster["url"]
+    state = JobState(connect(url))
+    proc, job = start_job(processes, url, data, tmp_path / "runs", state)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    # the crash also lost what was queued (e.g. killed while enqueueing): without resume the job never ends
+    lost = [k for k in state.r.keys("infer*") + state.r.keys("preprocess*") if state.r.type(k) == "list"]
+    state.r.delete(*lost)
+    time.sleep(1.0)  # the shards that were running finish
+    assert state.status(job) == "running" and state.shards_without_result(job)
+    without_result = set(state.shards_without_result(job))
+    t_resume = time.time()
+    out = run_cli("resume", job, "--broker", url, "--run-dir", str(tmp_path / "runs"), "--timeout", "120")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"re-enqueued {len(without_result)}" in out.stderr, out.stderr
+    report = json.loads((tmp_path / "runs" / job / "report.json").read_text())
+    same_numbers(report, uninterrupted)
+    # only the shards without a result ran again
+    rerun = {b["shard"] for b in state.batches(job) if b["t_start"] >= t_resume}
+    assert rerun and rerun <= without_result
+    assert state.summary(job)["resumes"] == 1
+    again = run_cli("resume", job, "--broker", url, "--run-dir", str(tmp_path / "again"))
+    assert again.returncode == 0 and "nothing to resume" in again.stderr
+    same_numbers(json.loads((tmp_path / "again" / job / "report.json").read_text()), uninterrupted)
+
+
+def test_cancel_leaves_nothing_running_and_resume_completes_the_job(shared_cluster, data, uninterrupted,
+                                                                     processes, tmp_path):
+    url = shared_cluster["url"]
+    state = JobState(connect(url))
+    proc, job = start_job(processes, url, data, tmp_path / "runs", state)
+    out = run_cli("cancel", job, "--broker", url, "--timeout", "30")
+    assert out.returncode == 0, out.stderr
+    assert "no task of it is running" in out.stdout and "revoked" in out.stderr
+    assert proc.wait(30) == 1 and "cancelled" in processes.log(proc)
+    configure(url)
+    assert state.status(job) == "cancelled" and shards_in_flight(state, job) == {}
+    assert queued_tasks(state.r, ["infer", "preprocess", "reduce"], job) == []
+    batches, results = len(state.batches(job)), state.r.hlen(f"job:{job}:results")
+    time.sleep(1.5)  # five batch times of the sim device: nothing of the job may run meanwhile
+    assert (len(state.batches(job)), state.r.hlen(f"job:{job}:results")) == (batches, results)
+    assert results < state.summary(job)["n_shards"]
+    assert active_tasks(job) == []
+    twice = run_cli("cancel", job, "--broker", url)
+    assert twice.returncode == 0 and "already cancelled" in twice.stderr
+
+    out = run_cli("resume", job, "--broker", url, "--run-dir", str(tmp_path / "runs"), "--timeout", "120")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "runs" / job / "report.json").read_text())
+    same_numbers(report, uninterrupted)
+    assert state.summary(job)["shards_done"] == state.summary(job)["n_shards"]
+    done = run_cli("cancel", job, "--broker", url)
+    assert done.returncode == 0 and "nothing to cancel" in done.stdout

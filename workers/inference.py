@@ -67,9 +67,11 @@ class ShardRunner:
         return self.backend
 
     def _registration(self, backend) -> str:
+        from workers.versions import device_identity, host_versions
         return json.dumps({"host": self.host, "device": self.device, "pid": self.lease.pid,
                            "started": time.time(), "backend": backend.describe(),
-                           "attest": self.attestation or attest(self.device)})
+                           "attest": self.attestation or attest(self.device),
+                           "versions": host_versions(), "identity": device_identity(self.device)})
 
     # -- lease ----------------------------------------------------------------------------------------
     def begin_shard(self, job_id: str, shard: int, batch: int) -> None:

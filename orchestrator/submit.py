@@ -14,6 +14,7 @@ from orchestrator.progress import JobProgress
 from orchestrator.report import render, sample_banner, stdout_console, write_run_files
 from model.preprocess import SIZE_MODES
 from tasks.app import app
+from tasks.coco_eval import DEFAULT_EVALUATOR, EVALUATORS
 from tasks.params import TIMINGS, ClusterTimings, JobParams
 from tasks.reduce import union_results
 from tasks.shards import AnnotationError, read_images
@@ -78,7 +79,7 @@ def run(args) -> int:
     params = JobParams(job_id=job_id, annotation=inputs.annotation, image_dir=inputs.image_dir,
                        backend=inputs.backend, model=inputs.model, precision=args.precision, batch=args.batch,
                        size_mode=args.size_mode, static_size=args.static_size, shard_size=args.shard_size,
-                       warmup_batches=args.warmup, store=store, sample=inputs.sample)
+                       warmup_batches=args.warmup, coco_eval=args.coco_eval, store=store, sample=inputs.sample)
     if inputs.sample:
         print(sample_banner(params.to_dict()), file=sys.stderr)
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
@@ -135,6 +136,9 @@ def register(sub) -> None:
     p.add_argument("--no-store", action="store_true", help="no tensor store: every shard preprocesses itself")
     p.add_argument("--shard-size", type=int, default=0, help="images per shard (default: 8+ shards per device)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up batches per worker left out of FPS (default 2)")
+    p.add_argument("--coco-eval", choices=EVALUATORS, default=DEFAULT_EVALUATOR,
+                   help=f"COCO evaluator: {DEFAULT_EVALUATOR} (default) or pycocotools, the reference; "
+                        "both give the same 12 numbers")
     p.add_argument("--lease-ttl", type=float, help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g})")
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
     p.set_defaults(func=run)

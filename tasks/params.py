@@ -27,6 +27,7 @@ class JobParams:
     static_size: int = 1216
     shard_size: int = 0  # images per shard; 0 = planned from the device count
     warmup_batches: int = 2  # per worker, excluded from device FPS and latency
+    coco_eval: str = "faster-coco-eval"  # or pycocotools, the reference: the same 12 numbers, slower
     store: str = ""  # tensor store folder; "" = no store (every shard preprocesses itself)
     sample: bool = False  # the built-in sample ran: AP means nothing
 

@@ -61,8 +61,8 @@ def union_results(results: dict[int, dict]) -> list[dict]:
     return union
 
 
-def reduce_job(state: JobState, job_id: str, evaluator: str = "pycocotools") -> dict:
-    """Check coverage, evaluate, compute metrics, save the report and finish the job."""
+def reduce_job(state: JobState, job_id: str, evaluator: str | None = None) -> dict:
+    """Check coverage, evaluate (with the job's `coco_eval` unless `evaluator` is given), save the report, finish."""
     params = state.params(job_id)
     summary = state.summary(job_id)
     t_reduce_start = float(summary.get("t_reduce_start") or time.time())
@@ -72,7 +72,7 @@ def reduce_job(state: JobState, job_id: str, evaluator: str = "pycocotools") -> 
         results = state.results(job_id)
         coverage = check_coverage(expected, state.all_shards(job_id), results)
         union = union_results(results)
-        ap = evaluate(params.annotation, union, evaluator)
+        ap = evaluate(params.annotation, union, evaluator or params.coco_eval)
     except Exception as exc:  # a report must say why it has no AP, never hang the job
         state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
         raise

@@ -42,12 +42,17 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def build_manifest(params: JobParams) -> dict:
+def build_manifest(params: JobParams, checkpoint: str | None = None) -> dict:
+    """`checkpoint`: the .pth an exported model came from (a .pth model is its own checkpoint)."""
+    if checkpoint is None and params.model.endswith(".pth"):
+        checkpoint = params.model
     return {
         "annotation": params.annotation,
         "annotation_sha256": sha256_file(params.annotation),
         "model": params.model or None,
         "model_sha256": sha256_file(params.model) if params.model else None,
+        "checkpoint": checkpoint or None,
+        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
         "preprocessing": preprocessing_version(),
         "git_commit": git_commit(),
         "submitted_from": socket.gethostname(),

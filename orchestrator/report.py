@@ -10,7 +10,7 @@ from rich.table import Table
 
 from orchestrator.cli import UsageError, add_broker_arg, open_state
 from tasks.coco_eval import STAT_NAMES
-from tasks.reduce import reduce_job, union_results
+from tasks.reduce import reduce_job
 
 SAMPLE_BANNER = ("BUILT-IN SAMPLE: no COCO data was found, so this ran the generated selftest set with {what}. "
                  "Its AP means nothing. For a real evaluation put val2017 under data/coco and a checkpoint "
@@ -67,6 +67,9 @@ def render(report: dict, console: Console) -> None:
     if any(not d["fps"] for d in m["devices"].values()):
         console.print("(FPS in brackets: no batch after warm-up on that device, so warm-up is included)")
     console.print(f"validity: {m['validity_rule']}")
+    for name, v in (report.get("validity") or {}).get("devices", {}).items():
+        if not v["valid"]:
+            console.print(f"  {name} not valid: {'; '.join(v['short'])}", markup=False)
     for w in report.get("workers", []):
         idle = {True: "idle", False: "NOT idle", None: "not attested"}[w["attest"]["idle"]]
         console.print(f"worker {w['host']}/{w['device']} pid {w['pid']}: {w['backend'].get('backend')}, "
@@ -82,46 +85,94 @@ def render(report: dict, console: Console) -> None:
         console.print(f"coverage: every one of the {cov['expected']} image ids counted exactly once")
 
 
-def write_run_files(run_dir: str | Path, report: dict, results: list[dict] | None, text: str) -> Path:
-    """report.json (every number), report.txt (the table) and results.json (COCO results) in the run folder."""
+def write_run_files(run_dir: str | Path, report: dict, results: list[dict] | None, text: str | None,
+                    batches: list[dict] | None = None) -> Path:
+    """report.json (every number), report.md, plots/*.png, report.txt (the table), batches.json (every device
+    call) and results.json (COCO results) in the run folder; None leaves that file as it is."""
+    from orchestrator.plots import write_plots
+    from orchestrator.report_data import derive
+    from orchestrator.report_md import markdown
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if batches is None and (run_dir / "batches.json").is_file():
+        batches = json.loads((run_dir / "batches.json").read_text())
+    elif batches is not None:
+        (run_dir / "batches.json").write_text(json.dumps(batches))
+    derive(report)
+    report["plots"] = write_plots(run_dir / "plots", report, batches)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (run_dir / "report.txt").write_text(text)
+    (run_dir / "report.md").write_text(markdown(report))
+    if text is not None:
+        (run_dir / "report.txt").write_text(text)
     if results is not None:
         (run_dir / "results.json").write_text(json.dumps(results))
     return run_dir
 
 
+def sweep_report(args, state=None) -> int:
+    """`report SWEEP`: the batch sweep's table from its jobs (on the broker, else their run folders)."""
+    from orchestrator.report_data import collect, sweep_reports
+    from orchestrator.sweep import render_sweep, write_sweep
+
+    root = Path(args.run_dir)
+    if state is not None:
+        reports = []
+        for job in (r["job"] for r in sweep_reports(state, args.job)):
+            report, batches, results = collect(state, job)
+            write_run_files(root / job, report, results, None, batches)
+            reports.append(report)
+    else:
+        jobs = json.loads((root / args.job / "sweep.json").read_text())["jobs"]
+        reports = [json.loads((root / job / "report.json").read_text()) for job in jobs]
+    if not reports:
+        raise UsageError(f"no finished job of sweep {args.job} (JOB)")
+    sweep = write_sweep(root / args.job, args.job, reports)
+    render_sweep(sweep, stdout_console())
+    print(f"sweep report: {root / args.job / 'report.md'}", file=sys.stderr)
+    return 0 if sweep["status"] == "done" else 1
+
+
 def run(args) -> int:
+    from orchestrator.report_data import collect, derive, sweep_reports
+
     run_dir = Path(args.run_dir) / args.job
+    batches = None
     if args.broker:
         state = open_state(args.broker)
         if not state.exists(args.job):
+            if sweep_reports(state, args.job):
+                return sweep_report(args, state)
             raise UsageError(f"no job {args.job} on this broker ({args.broker})")
-        report = reduce_job(state, args.job) if args.reduce else state.report(args.job)
-        if report is None:
+        if args.reduce:
+            reduce_job(state, args.job)
+        if state.report(args.job) is None:
             raise UsageError(f"job {args.job} has no report yet (status {state.status(args.job)}) (JOB)")
-        results = union_results(state.results(args.job))
+        report, batches, results = collect(state, args.job)
     else:
         if args.reduce:
             raise UsageError("--reduce needs the job's broker (--broker)")
+        if (run_dir / "sweep.json").is_file():
+            return sweep_report(args)
         path = run_dir / "report.json"
         if not path.is_file():
             raise UsageError(f"no report for job {args.job} ({path})")
         report, results = json.loads(path.read_text()), None
+    derive(report)
     console = stdout_console()
     render(report, console)
-    if args.broker:
-        write_run_files(run_dir, report, results, console.export_text())
+    write_run_files(run_dir, report, results, console.export_text() if args.broker else None, batches)
+    print(f"report: {run_dir / 'report.md'}", file=sys.stderr)
     return 0 if report["status"] == "done" else 1
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="print a job's report (and write it to its run folder)",
-                       description="Print a finished job's table: box AP, device FPS, latency, end-to-end FPS.",
+    p = sub.add_parser("report", help="print a job's report and write report.md, report.json and plots",
+                       description="Print a finished job's table (box AP, device FPS, latency, end-to-end FPS) and "
+                                   "write its run folder: report.md, report.json, plots/*.png. JOB may be a batch "
+                                   "sweep's id: its table over every batch size.",
                        epilog="example: python -m orchestrator report 20250101-120000-ab12cd --broker redis://head:6379/0")
-    p.add_argument("job", metavar="JOB", help="job id")
+    p.add_argument("job", metavar="JOB", help="job id (or batch sweep id)")
     add_broker_arg(p, "read the report from this Redis (default: the run folder's report.json)")
     p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
     p.add_argument("--reduce", action="store_true", help="run the reducer again on the stored shard results")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.cli import UsageError, add_broker_arg, open_state, positive_int
@@ -11,12 +12,13 @@ from orchestrator.inputs import resolve
 from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
 from orchestrator.manifest import build_manifest
 from orchestrator.progress import JobProgress
+from orchestrator.report_data import collect, derive
 from orchestrator.report import render, sample_banner, stdout_console, write_run_files
+from orchestrator.sweep import model_for, parse_batches, render_sweep, write_sweep
 from model.preprocess import SIZE_MODES
 from tasks.app import app
 from tasks.coco_eval import DEFAULT_EVALUATOR, EVALUATORS
 from tasks.params import TIMINGS, ClusterTimings, JobParams
-from tasks.reduce import union_results
 from tasks.shards import AnnotationError, read_images
 from tasks.state import JobState
 from workers.devices import discover, parse_device
@@ -30,14 +32,41 @@ def live_devices(state: JobState) -> int:
 
 
 def follow(state: JobState, params: JobParams, images: list[dict], n_devices: int, run_dir: Path,
-           timings: ClusterTimings, check_alive=None, timeout_s: float | None = None) -> int:
+           timings: ClusterTimings, check_alive=None, timeout_s: float | None = None,
+           checkpoint: str | None = None, preprocess_first: bool = True) -> int:
     """Submit, show progress, print the final table, write the run folder; exit code 0 when done."""
-    n_shards = submit_job(state, params, images, n_devices, build_manifest(params))
+    n_shards = submit_job(state, params, images, n_devices, build_manifest(params, checkpoint), preprocess_first)
     print(f"job {params.job_id}: {len(images)} images, {n_shards} shards of up to "
           f"{max(len(s) for s in state.all_shards(params.job_id).values())} images, batch {params.batch}, "
           f"{n_devices} device(s), backend {params.backend}; follow it with "
           f"`python -m orchestrator status {params.job_id} --broker {app.conf.broker_url}`", file=sys.stderr)
     return watch(state, params.job_id, run_dir, timings, check_alive, timeout_s)[0]
+
+
+def follow_sweep(state: JobState, jobs: list[JobParams], images: list[dict], n_devices: int, run_root: Path,
+                 timings: ClusterTimings, check_alive=None, timeout_s: float | None = None,
+                 checkpoint: str | None = None) -> int:
+    """One job per batch size, one after the other; only the first enqueues preprocessing (the store is warm
+    after it). Then every job's report gets the whole sweep, and the sweep's own folder its table and plot."""
+    code = 0
+    for i, params in enumerate(jobs):
+        code = max(code, follow(state, params, images, n_devices, run_root / params.job_id, timings, check_alive,
+                                timeout_s, checkpoint, preprocess_first=i == 0))
+        if state.report(params.job_id) is None:
+            break  # failed or cancelled: the rest would fail the same way
+    sweep_id = jobs[0].sweep
+    reports = []
+    for params in jobs:
+        if state.report(params.job_id) is not None:
+            report, batches, _ = collect(state, params.job_id)
+            write_run_files(run_root / params.job_id, report, None, None, batches)
+            reports.append(report)
+    if reports:
+        sweep = write_sweep(run_root / sweep_id, sweep_id, reports)
+        render_sweep(sweep, stdout_console())
+        print(f"sweep report: {run_root / sweep_id / 'report.md'}", file=sys.stderr)
+        code = max(code, 0 if sweep["status"] == "done" and len(reports) == len(jobs) else 1)
+    return code
 
 
 def watch(state: JobState, job_id: str, run_dir: Path, timings: ClusterTimings, check_alive=None,
@@ -53,15 +82,28 @@ def watch(state: JobState, job_id: str, run_dir: Path, timings: ClusterTimings, 
         return 1, None
     finally:
         reaper.stop()
+    report, batches, results = collect(state, job_id)
+    derive(report)
     console = stdout_console()
     render(report, console)
-    write_run_files(run_dir, report, union_results(state.results(job_id)), console.export_text())
+    write_run_files(run_dir, report, results, console.export_text(), batches)
     print(f"run folder: {run_dir}", file=sys.stderr)
     return (0 if report["status"] == "done" else 1), report
 
 
 def run(args) -> int:
-    positive_int("--batch", args.batch)
+    batches = parse_batches(args.batch)
+    if len(batches) > 1 and args.no_store:
+        raise UsageError("a batch sweep preprocesses once into the tensor store: drop --no-store (--no-store)")
+    template = args.model
+    if args.model and "{batch}" in args.model:
+        for b in batches:
+            if not Path(model_for(args.model, b)).is_file():
+                raise UsageError(f"model file not found for batch {b} ({model_for(args.model, b)})")
+        template, args.model = str(Path(args.model).resolve()), model_for(args.model, batches[0])
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UsageError(f"checkpoint file not found ({args.checkpoint})")
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
     if args.shard_size < 0:
         raise UsageError(f"--shard-size must be 0 (automatic) or more, got {args.shard_size} (--shard-size)")
     if args.warmup < 0:
@@ -77,9 +119,19 @@ def run(args) -> int:
     run_dir = run_root / job_id
     store = "" if args.no_store else str(Path(args.store or run_root / "store").resolve())
     params = JobParams(job_id=job_id, annotation=inputs.annotation, image_dir=inputs.image_dir,
-                       backend=inputs.backend, model=inputs.model, precision=args.precision, batch=args.batch,
+                       backend=inputs.backend, model=inputs.model, precision=args.precision, batch=batches[0],
                        size_mode=args.size_mode, static_size=args.static_size, shard_size=args.shard_size,
                        warmup_batches=args.warmup, coco_eval=args.coco_eval, store=store, sample=inputs.sample)
+    sweep = [replace(params, job_id=f"{job_id}-b{b}", batch=b, sweep=job_id,
+                     model=model_for(template, b) if template and "{batch}" in template else params.model)
+             for b in batches] if len(batches) > 1 else []
+
+    def evaluate(state: JobState, n_devices: int, check_alive=None) -> int:
+        if sweep:
+            print(f"batch sweep {job_id}: batch sizes {', '.join(map(str, batches))}, one job each", file=sys.stderr)
+            return follow_sweep(state, sweep, images, n_devices, run_root, timings, check_alive, args.timeout,
+                                checkpoint)
+        return follow(state, params, images, n_devices, run_dir, timings, check_alive, args.timeout, checkpoint)
     if inputs.sample:
         print(sample_banner(params.to_dict()), file=sys.stderr)
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
@@ -89,7 +141,7 @@ def run(args) -> int:
         if n == 0:
             print("warning: no device worker holds a lease on this broker yet; the job waits for one",
                   file=sys.stderr)
-        return follow(state, params, images, max(1, n), run_dir, timings, timeout_s=args.timeout)
+        return evaluate(state, max(1, n))
     try:
         devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else discover()
         for d in devices:
@@ -102,7 +154,7 @@ def run(args) -> int:
         with LocalCluster(run_dir, devices, inputs.backend, inputs.model, args.precision,
                           lease_ttl_s=args.lease_ttl) as cluster:
             state = open_state(cluster.url)
-            return follow(state, params, images, len(devices), run_dir, timings, cluster.check_alive, args.timeout)
+            return evaluate(state, len(devices), cluster.check_alive)
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -117,6 +169,7 @@ def register(sub) -> None:
         epilog="examples:\n  python -m orchestrator submit --batch 8\n"
                "  python -m orchestrator submit --model checkpoints/dcn.pth --size-mode mmdet --batch 1\n"
                "  python -m orchestrator submit --backend sim:113ms --devices cpu:0,cpu:1\n"
+               "  python -m orchestrator submit --model models/dcn_bs{batch}.om --batch 1,4,8,16\n"
                "  python -m orchestrator submit --broker redis://head:6379/0 --model /shared/model.om",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--annotations", help="COCO instances file (default data/coco/annotations/instances_val2017.json)")
@@ -124,7 +177,9 @@ def register(sub) -> None:
     p.add_argument("--model", help="model file; its type picks the backend: .pth torch, .onnx onnxruntime, .om ascend "
                                    "(default: checkpoints/*.pth)")
     p.add_argument("--backend", help="groundtruth, sim:113ms, onnxruntime, torch or ascend (default: from --model)")
-    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--batch", default="8", help="batch size (default 8), or a sweep: 1,4,8,16 runs one job per "
+                                                "batch size over the same preprocessed tensors")
+    p.add_argument("--checkpoint", help="the .pth the model was exported from (recorded in the manifest)")
     p.add_argument("--size-mode", choices=SIZE_MODES, default="static",
                    help="static: the Ascend recipe's S x S canvas (default); mmdet: keep-ratio 1333x800")
     p.add_argument("--static-size", type=int, default=1216, help="S of the static canvas (default 1216)")

@@ -8,7 +8,7 @@ from celery import Celery
 from tasks import runtime
 from tasks.params import TIMINGS, broker_from_env
 from tasks.preprocessing import preprocess_shard
-from tasks.reduce import reduce_job
+from tasks.streaming import reduce_when_free
 from tasks.state import JobState, connect
 
 PREPROCESS_QUEUE = "preprocess"
@@ -59,8 +59,8 @@ _states: dict[int, JobState] = {}
 
 def _drop_connections() -> None:
     """Forget pooled broker and backend connections, so re-pointing the app never reuses the old Redis."""
-    if app._pool is not None:
-        app._pool.force_close_all()
+    from kombu import pools
+    pools.reset()  # close every pooled connection AND forget the pools: the same URL later gets fresh ones
     app._pool = None
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
@@ -91,10 +91,15 @@ def infer(job_id: str, shard: int, batch: int, device: str = "any", redelivered_
 
 @app.task(name="evaluator.reduce")
 def reduce(job_id: str) -> dict:
-    """Coverage check, COCOeval, report (a cancelled job is left alone: `resume` reduces it later)."""
+    """Coverage check, COCOeval, report (a cancelled job is left alone: `resume` reduces it later).
+
+    While a pool's follower streams the job (tasks.streaming) this waits for it instead.
+    """
     if job_state().status(job_id) == "cancelled":
         return {"skipped": "job cancelled"}
-    report = reduce_job(job_state(), job_id)
+    report = reduce_when_free(job_state(), job_id)
+    if report is None:
+        return {"skipped": f"job {job_state().status(job_id)}"}
     return {"status": report["status"], "AP": report["ap"]["stats"]["AP"], "errors": report["errors"]}
 
 

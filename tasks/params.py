@@ -30,6 +30,7 @@ class JobParams:
     coco_eval: str = "faster-coco-eval"  # or pycocotools, the reference: the same 12 numbers, slower
     store: str = ""  # tensor store folder; "" = no store (every shard preprocesses itself)
     sample: bool = False  # the built-in sample ran: AP means nothing
+    sweep: str = ""  # id of the batch sweep this job belongs to ("" = a single job)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,134 @@
+"""Every number report.md and the plots show, put into report.json first (the markdown only formats them).
+
+`collect` reads what only the broker knows (preprocessing counts, sibling jobs of a sweep);
+`derive` is pure, so `report JOB` can rebuild report.md and the plots from the run folder alone.
+"""
+from __future__ import annotations
+
+import json
+
+from tasks.metrics import MIN_BATCHES, MIN_DEVICE_S, MIN_IMAGES, VALIDITY_RULE
+from tasks.state import JobState, job_key
+
+OVERALL_RULE = ("the job is valid when every image id was counted exactly once and every device's FPS is valid; "
+                "end-to-end FPS counts the wall time from submit to the reducer's start")
+
+
+def preprocessing(state: JobState, job_id: str, results: dict[int, dict]) -> dict:
+    """Where the job's images were preprocessed: the CPU pool ahead of time, or a device worker on a store miss."""
+    s = state.summary(job_id)
+    answered = sum(len(p["image_ids"]) for p in results.values())
+    device_hits = sum(int((p.get("store") or {}).get("hits", 0)) for p in results.values())
+    out = {
+        "pool_tasks": int(s.get("preprocess_tasks", s.get("n_shards", 0))),
+        "pool_preprocessed": int(s.get("pool_preprocessed", 0)),
+        "pool_store_hits": int(s.get("pool_store_hits", 0)),
+        "device_preprocessed": answered - device_hits,
+        "device_store_hits": device_hits,
+    }
+    out["preprocessed"] = out["pool_preprocessed"] + out["device_preprocessed"]
+    return out
+
+
+def sweep_reports(state: JobState, sweep: str) -> list[dict]:
+    """The finished jobs of a sweep, by batch size."""
+    reports = []
+    for job_id in state.job_ids():
+        raw = state.r.hget(job_key(job_id), "params")
+        if raw and json.loads(raw).get("sweep") == sweep:
+            report = state.report(job_id)
+            if report is not None:
+                report.setdefault("preprocessing", preprocessing(state, job_id, state.results(job_id)))
+                reports.append(report)
+    return sorted(reports, key=lambda r: r["params"]["batch"])
+
+
+def sweep_rows(reports: list[dict]) -> list[dict]:
+    """The recipe's table: per batch size and device, box AP, device FPS, end-to-end FPS, p50/p99 latency."""
+    rows = []
+    for r in reports:
+        m, batch, ap = r["metrics"], r["params"]["batch"], r["ap"]["stats"]["AP"]
+        pre = (r.get("preprocessing") or {}).get("preprocessed")
+        for name, d in m["devices"].items():
+            rows.append({"batch": batch, "job": r["job"], "device": name, "ap": ap, "device_fps": d["fps"],
+                         "e2e_fps": m["e2e_fps"], "p50_ms": d["latency_ms"]["p50"], "p99_ms": d["latency_ms"]["p99"],
+                         "images": d["images"], "preprocessed": pre, "valid": d["valid"]})
+        rows.append({"batch": batch, "job": r["job"], "device": "all devices", "ap": ap,
+                     "device_fps": m["device_fps_total"], "e2e_fps": m["e2e_fps"], "p50_ms": None, "p99_ms": None,
+                     "images": m["images"], "preprocessed": pre, "valid": m["valid"] and r["coverage"]["ok"]})
+    return rows
+
+
+def collect(state: JobState, job_id: str) -> tuple[dict, list[dict], list[dict] | None]:
+    """(report with broker-only facts added, batch records, COCO results) of a finished job."""
+    from tasks.reduce import union_results
+    report = state.report(job_id)
+    results = state.results(job_id)
+    report["preprocessing"] = preprocessing(state, job_id, results)
+    summary = state.summary(job_id)
+    report["resumes"] = int(summary.get("resumes", 0))
+    sweep = report["params"].get("sweep")
+    if sweep:
+        report["sweep"] = {"id": sweep, "rows": sweep_rows(sweep_reports(state, sweep))}
+    return report, state.batches(job_id), union_results(results)
+
+
+def validity(report: dict) -> dict:
+    """A verdict per device and overall, each with the rule and what fell short."""
+    devices = {}
+    for name, d in report["metrics"]["devices"].items():
+        checks = [(d["measured_batches"] >= MIN_BATCHES,
+                   f"{d['measured_batches']} batches after warm-up, needs {MIN_BATCHES}"),
+                  (d["measured_images"] >= MIN_IMAGES, f"{d['measured_images']} images after warm-up, needs {MIN_IMAGES}"),
+                  (d["device_s"] >= MIN_DEVICE_S,
+                   f"{d['device_s']:.1f} s of device calls after warm-up, needs {MIN_DEVICE_S:g}")]
+        devices[name] = {"valid": all(ok for ok, _ in checks), "short": [why for ok, why in checks if not ok]}
+    short = [f"{name}: {'; '.join(v['short'])}" for name, v in devices.items() if not v["valid"]]
+    if not devices:
+        short.append("no device ran a batch")
+    if not report["coverage"]["ok"]:
+        short.append("coverage: " + "; ".join(report["coverage"]["errors"]))
+    return {"rule": VALIDITY_RULE, "overall_rule": OVERALL_RULE, "devices": devices,
+            "overall": {"valid": not short, "short": short}}
+
+
+def fps_table(report: dict) -> list[dict]:
+    m = report["metrics"]
+    rows = [{"device": name, "images": d["images"], "batches": d["batches"], "shards": len(d["shards"]),
+             "device_fps": d["fps"], "fps_with_warmup": d.get("fps_with_warmup"),
+             "p50_ms": d["latency_ms"]["p50"], "p90_ms": d["latency_ms"]["p90"], "p99_ms": d["latency_ms"]["p99"],
+             "valid": d["valid"]} for name, d in m["devices"].items()]
+    rows.append({"device": "all devices", "images": sum(d["images"] for d in m["devices"].values()),
+                 "batches": sum(d["batches"] for d in m["devices"].values()),
+                 "shards": sum(len(d["shards"]) for d in m["devices"].values()),
+                 "device_fps": m["device_fps_total"], "fps_with_warmup": None,
+                 "p50_ms": None, "p90_ms": None, "p99_ms": None, "valid": m["valid"]})
+    return rows
+
+
+def attestation(report: dict) -> list[dict]:
+    """Which devices were attested idle before their worker took them."""
+    return [{"device": f"{w['host']}/{w['device']}", "pid": w["pid"], "idle": w["attest"]["idle"],
+             "detail": w["attest"]["detail"]} for w in report.get("workers", [])]
+
+
+def hosts(report: dict) -> list[dict]:
+    """Host and device ids with the runtime versions each worker reported."""
+    out = []
+    for w in report.get("workers", []):
+        v = w.get("versions") or {}
+        pk = v.get("packages") or {}
+        out.append({"device": f"{w['host']}/{w['device']}", "pid": w["pid"], "identity": w.get("identity"),
+                    "backend": w["backend"], "onnxruntime": pk.get("onnxruntime-gpu") or pk.get("onnxruntime"),
+                    "torch": pk.get("torch"), "cann": (v.get("cann") or {}).get("toolkit"),
+                    "npu_driver": (v.get("cann") or {}).get("driver"), "platform": v.get("platform")})
+    return out
+
+
+def derive(report: dict) -> dict:
+    """Add the tables' rows, the verdicts, the attestation and the host list (idempotent)."""
+    report["fps_table"] = fps_table(report)
+    report["validity"] = validity(report)
+    report["attestation"] = attestation(report)
+    report.setdefault("manifest", {})["hosts"] = hosts(report)
+    return report

@@ -48,14 +48,26 @@ def constant_value(model, name: str) -> np.ndarray:
     return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
 
 
-def test_usage_errors_are_one_line(tmp_path):
-    proc = cli("--checkpoint", str(tmp_path / "none.pth"), "--output", str(tmp_path / "m.onnx"))
-    assert proc.returncode == 2 and proc.stderr.strip() == f"error: no such checkpoint file ({tmp_path / 'none.pth'})"
+def test_usage_errors_are_one_line(tmp_path, capsys):
+    from conversion.__main__ import main
+
+    def error(*args: str) -> str:
+        assert main(["pth2onnx", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ")
+        return err
+
+    assert error("--checkpoint", str(tmp_path / "none.pth"), "--output", "m.onnx") == (
+        f"error: no such checkpoint file ({tmp_path / 'none.pth'})")
     (tmp_path / "m.pth").write_bytes(b"x")
-    proc = cli("--checkpoint", str(tmp_path / "m.pth"), "--output", "m.onnx", "--target", "ascend", "--batch", "dynamic")
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("(--batch)")
-    proc = cli("--checkpoint", str(tmp_path / "m.pth"), "--output", "m.onnx", "--input-size", "500")
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("(--input-size)")
+    assert "not a readable PyTorch checkpoint" in error("--checkpoint", str(tmp_path / "m.pth"), "--output",
+                                                       str(tmp_path / "m.onnx"))
+    assert error("--checkpoint", "m.pth", "--output", "m.onnx", "--target", "ascend", "--batch", "dynamic").endswith(
+        "(--batch)")
+    assert error("--checkpoint", "m.pth", "--output", "m.onnx", "--batch", "0").endswith("(--batch)")
+    assert error("--checkpoint", "m.pth", "--output", "m.onnx", "--input-size", "500").endswith("(--input-size)")
+    assert error("--checkpoint", "m.pth", "--output", str(tmp_path / "no" / "m.onnx")).endswith(
+        f"({tmp_path / 'no'})")
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ from model.config import COCO_CLASSES, COCO_CATEGORY_IDS  # noqa: E402
 from model.postprocess import to_coco_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
 
 
 def verify(*args: str) -> subprocess.CompletedProcess:
@@ -52,6 +51,7 @@ def coco_dir(photos, torch_reference, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_verify_coco_passes_with_ap_ratio(parity_checkpoint, ort_dynamic_512, coco_dir, tmp_path):
     summary = tmp_path / "verify.json"
     proc = verify("--checkpoint", str(parity_checkpoint), "--onnx", str(ort_dynamic_512), "--coco", str(coco_dir),
@@ -69,6 +69,7 @@ def test_verify_coco_passes_with_ap_ratio(parity_checkpoint, ort_dynamic_512, co
     print("\n" + "\n".join(lines[-3:]))
 
 
+@pytest.mark.slow
 def test_verify_fails_when_detections_differ(parity_checkpoint, ort_dynamic_512, photos):
     proc = verify("--checkpoint", str(parity_checkpoint), "--onnx", str(ort_dynamic_512), "--image", str(photos[0]),
                   "--score-tol", "1e-12")
@@ -77,8 +78,13 @@ def test_verify_fails_when_detections_differ(parity_checkpoint, ort_dynamic_512,
     assert proc.stdout.strip().splitlines()[-1].startswith("FAIL")
 
 
-def test_verify_usage_errors(parity_checkpoint, tmp_path):
-    proc = verify("--checkpoint", str(parity_checkpoint), "--onnx", str(tmp_path / "none.onnx"), "--images", ".")
-    assert proc.returncode == 2 and proc.stderr.strip() == f"error: no such ONNX file ({tmp_path / 'none.onnx'})"
-    proc = verify("--checkpoint", str(parity_checkpoint), "--onnx", "x.onnx")
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("(--coco)")
+def test_verify_usage_errors(tmp_path, capsys):
+    from conversion.__main__ import main
+    assert main(["verify", "--checkpoint", "c.pth", "--onnx", str(tmp_path / "none.onnx"), "--images", "."]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no such ONNX file ({tmp_path / 'none.onnx'})"
+    assert main(["verify", "--checkpoint", "c.pth", "--onnx", "x.onnx"]) == 2
+    assert capsys.readouterr().err.strip().endswith("(--coco)")
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"x")
+    assert main(["verify", "--checkpoint", "c.pth", "--onnx", str(onnx_file), "--coco", str(tmp_path)]) == 2
+    assert "annotations/instances_*.json" in capsys.readouterr().err

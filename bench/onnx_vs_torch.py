@@ -1,0 +1,96 @@
+"""Seconds per image: the PyTorch model (eager) vs its ONNX export in ONNX Runtime, on the CPU, in one run.
+
+    .venv/bin/python bench/onnx_vs_torch.py [--checkpoint CKPT] [--sizes 512 800 1216] [--batches 1 4] [--reps 2]
+
+For each static canvas size the model is exported once (dynamic batch, not timed), then for each
+batch size both run one warm-up batch and --reps timed batches of the same images (the oracle's
+photographs when present); the median batch time divided by the batch size is printed, with the
+ratio torch / ONNX Runtime. Both use --threads CPU threads. Without --checkpoint a random
+checkpoint is written to a temporary folder (speed does not depend on the weights' values).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conversion.export.exporter import export_onnx  # noqa: E402
+from model.checkpoint import load_detector  # noqa: E402
+from model.preprocess import clip_sizes, load_image, preprocess  # noqa: E402
+from model.random_checkpoint import write_random_checkpoint  # noqa: E402
+
+PHOTOS = Path(__file__).resolve().parent.parent.parent / "shared/fixtures/oracle/images"
+
+
+def inputs_for(size: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """`batch` static-canvas inputs from the oracle photographs (cycled), or flat grey images without them."""
+    photos = sorted(PHOTOS.glob("*.*")) if PHOTOS.is_dir() else []
+    images = [load_image(p) for p in photos] or [np.full((480, 640, 3), 127, np.uint8)]
+    xs, metas = zip(*(preprocess(images[i % len(images)], "static", size) for i in range(batch)))
+    return np.stack(xs), clip_sizes(list(metas))
+
+
+def timed(fn, reps: int) -> float:
+    """Median seconds of `reps` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="mmdet .pth (default: a random one)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 800, 1216])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or write_random_checkpoint(Path(tmp) / "random.pth")
+        detector = load_detector(checkpoint)
+        print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads, "
+              f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.reps} timed batches each",
+              file=sys.stderr)
+        print("size  batch  torch s/image  onnxruntime s/image  torch/onnxruntime")
+        for size in args.sizes:
+            path = Path(tmp) / f"model_{size}.onnx"
+            start = time.perf_counter()
+            export_onnx(detector, path, target="onnxruntime", batch=None, size=size)
+            print(f"exported {size}x{size} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            for batch in args.batches:
+                images, clip = inputs_for(size, batch)
+                t_images, t_clip = torch.from_numpy(images), torch.from_numpy(clip)
+
+                def run_torch():
+                    with torch.inference_mode():
+                        detector(t_images, t_clip)
+
+                def run_ort():
+                    session.run(["dets", "labels"], {"input": images, "clip_hw": clip})
+
+                torch_s = timed(run_torch, args.reps) / batch
+                ort_s = timed(run_ort, args.reps) / batch
+                print(f"{size:<5} {batch:<6} {torch_s:<14.3f} {ort_s:<20.3f} {torch_s / ort_s:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -101,12 +101,12 @@ class LocalCluster:
     def url(self) -> str:
         return self.redis.url
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], module: str = "workers", env_extra: dict | None = None) -> None:
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "EVALUATOR_BROKER": self.url, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "EVALUATOR_BROKER": self.url, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
         with open(logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "workers", *args, "--broker", self.url],
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", module, *args, "--broker", self.url],
                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 env=env, start_new_session=True)
 
@@ -127,6 +127,21 @@ class LocalCluster:
             self.stop()
             raise
         return self
+
+    def start_dashboard(self, port: int, basic_auth: str) -> str:
+        """Flower on this cluster's Redis, loopback only; returns its URL (stopped with the cluster)."""
+        self._spawn("dashboard", ["dashboard", "--port", str(port), "--address", "127.0.0.1"], module="orchestrator",
+                    env_extra={"FLOWER_BASIC_AUTH": basic_auth})
+        deadline = time.time() + 30.0
+        while True:  # the URL is printed once it answers
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return f"http://127.0.0.1:{port}/"
+            except OSError:
+                proc = self.procs["dashboard"]
+                if proc.poll() is not None or time.time() > deadline:
+                    raise ClusterError(f"the dashboard did not start: {log_tail(self.run_dir / 'logs' / 'dashboard.log')}")
+                time.sleep(0.1)
 
     def check_alive(self) -> None:
         """Raise ClusterError naming a process that exited, with the end of its log."""

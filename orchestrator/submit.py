@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from orchestrator.bins import report_line, write_bins
 from orchestrator.cli import UsageError, add_broker_arg, open_state, positive_int
-from orchestrator.cluster import ClusterError, LocalCluster
+from orchestrator.cluster import ClusterError, LocalCluster, free_port
+from orchestrator.dashboard import AUTH_ENV, basic_auth
 from orchestrator.inputs import resolve
 from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
 from orchestrator.manifest import build_manifest
@@ -91,8 +95,33 @@ def watch(state: JobState, job_id: str, run_dir: Path, timings: ClusterTimings, 
     return (0 if report["status"] == "done" else 1), report
 
 
+def start_dashboard(cluster: LocalCluster, port: int | None) -> None:
+    """Flower beside the embedded cluster, for as long as it runs; a login is made up when none is set."""
+    auth = os.environ.get(AUTH_ENV)
+    if auth:
+        basic_auth()  # one-line error when malformed
+        login = f"log in as {auth.split(':', 1)[0]}, password from {AUTH_ENV}"
+    else:
+        auth = f"evaluator:{secrets.token_urlsafe(9)}"
+        login = f"user evaluator, password {auth.split(':', 1)[1]} (set {AUTH_ENV} to choose)"
+    url = cluster.start_dashboard(port or free_port(), auth)
+    print(f"dashboard: {url} (Flower, while this job runs; {login})", file=sys.stderr, flush=True)
+
+
+def export_bins(images: list[dict], params: JobParams, out_dir: str) -> None:
+    """The recipe's .bin and info files from the job's store (preprocessing on a miss, so the store is warm)."""
+    try:
+        summary = write_bins(images, params.image_dir, params.store, params.static_size, out_dir)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot write the .bin files: {exc} (--write-bins)") from exc
+    report_line(summary, out_dir)
+
+
 def run(args) -> int:
     batches = parse_batches(args.batch)
+    if args.dashboard and args.broker:
+        raise UsageError("a running cluster has its own dashboard: python -m orchestrator dashboard --broker URL "
+                         "(--dashboard)")
     if len(batches) > 1 and args.no_store:
         raise UsageError("a batch sweep preprocesses once into the tensor store: drop --no-store (--no-store)")
     template = args.model
@@ -109,6 +138,9 @@ def run(args) -> int:
     if args.warmup < 0:
         raise UsageError(f"--warmup must be 0 or more, got {args.warmup} (--warmup)")
     positive_int("--static-size", args.static_size)
+    if args.write_bins and args.size_mode != "static":
+        raise UsageError("the recipe's .bin files are S x S canvases: --write-bins needs --size-mode static "
+                         "(--write-bins)")
     run_root = Path(args.run_dir).resolve()
     inputs = resolve(args.annotations, args.images, args.backend, args.model, run_root / "sample")
     try:
@@ -132,6 +164,8 @@ def run(args) -> int:
             return follow_sweep(state, sweep, images, n_devices, run_root, timings, check_alive, args.timeout,
                                 checkpoint)
         return follow(state, params, images, n_devices, run_dir, timings, check_alive, args.timeout, checkpoint)
+    if args.write_bins:
+        export_bins(images, params, args.write_bins)
     if inputs.sample:
         print(sample_banner(params.to_dict()), file=sys.stderr)
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
@@ -153,6 +187,8 @@ def run(args) -> int:
     try:
         with LocalCluster(run_dir, devices, inputs.backend, inputs.model, args.precision,
                           lease_ttl_s=args.lease_ttl) as cluster:
+            if args.dashboard:
+                start_dashboard(cluster, args.dashboard_port)
             state = open_state(cluster.url)
             return evaluate(state, len(devices), cluster.check_alive)
     except ClusterError as exc:
@@ -196,4 +232,11 @@ def register(sub) -> None:
                         "both give the same 12 numbers")
     p.add_argument("--lease-ttl", type=float, help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g})")
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    p.add_argument("--write-bins", metavar="DIR",
+                   help="first write the Ascend recipe's inputs from the tensor store: DIR/<stem>.bin (float32 "
+                        "[3,S,S]), DIR.info and DIR_jpg.info as gen_dataset_info.py writes them, for Huawei's "
+                        "benchmark tool")
+    p.add_argument("--dashboard", action="store_true",
+                   help=f"also start Flower on the embedded cluster and print its URL (login from {AUTH_ENV})")
+    p.add_argument("--dashboard-port", type=int, help="Flower's port with --dashboard (default: a free one)")
     p.set_defaults(func=run)

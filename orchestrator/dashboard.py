@@ -1,0 +1,62 @@
+"""`dashboard`: Flower on the cluster's broker, with basic auth from FLOWER_BASIC_AUTH and task events on.
+
+The same as `FLOWER_BASIC_AUTH=user:pass celery -A tasks.app:app --broker URL flower --port 5555`, with the
+columns that make a job readable: task name (evaluator.preprocess / infer / reduce), its kwargs (job id,
+shard, batch, device), result (the device and host that ran it) and worker (`npu:0-PID@host`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from kombu.utils.url import maybe_sanitize_url
+
+from orchestrator.cli import UsageError, add_broker_arg, open_state, positive_int
+from tasks.app import app
+from tasks.params import broker_from_env
+
+AUTH_ENV = "FLOWER_BASIC_AUTH"
+TASK_COLUMNS = "name,uuid,state,kwargs,result,received,started,runtime,worker"
+_AUTH = re.compile(r"[^:,\s]+:[^,\s]+(,[^:,\s]+:[^,\s]+)*")
+
+
+def basic_auth() -> str:
+    """FLOWER_BASIC_AUTH (`user:password`, several comma-separated); Flower never starts without a login."""
+    value = os.environ.get(AUTH_ENV, "")
+    if not _AUTH.fullmatch(value):
+        raise UsageError(f"set {AUTH_ENV}=user:password: the dashboard never starts without a login ({AUTH_ENV})")
+    return value
+
+
+def flower_argv(port: int, address: str) -> list[str]:
+    """Flower's own command line (the login comes from the environment, never from argv: `ps` shows argv)."""
+    return ["flower", f"--port={port}", f"--address={address}", f"--tasks_columns={TASK_COLUMNS}",
+            "--enable_events=True", "--purge_offline_workers=600"]
+
+
+def run(args) -> int:
+    user = basic_auth().split(":", 1)[0]
+    positive_int("--port", args.port)
+    url = args.broker or broker_from_env()
+    open_state(url)  # one-line error when the broker does not answer
+    host = "127.0.0.1" if args.address in ("", "0.0.0.0") else args.address
+    print(f"dashboard: http://{host}:{args.port}/ (Flower; log in as {user}, password from {AUTH_ENV}; "
+          f"broker {maybe_sanitize_url(url)})", file=sys.stderr, flush=True)
+    return app.start(flower_argv(args.port, args.address)) or 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("dashboard", help="Flower on the cluster's broker (basic auth from FLOWER_BASIC_AUTH)",
+                       description="Start Flower, the Celery dashboard, on the cluster's broker: live workers, "
+                                   "every task with its job id, shard, batch and device, task events on. Basic "
+                                   f"auth from {AUTH_ENV} (user:password) is required. Its HTTP API: /api/workers, "
+                                   "/api/tasks.",
+                       epilog=f"example: {AUTH_ENV}=admin:secret python -m orchestrator dashboard "
+                              "--broker redis://head:6379/0 --port 5555",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_broker_arg(p, "the cluster's Redis URL (default: $EVALUATOR_BROKER)")
+    p.add_argument("--port", type=int, default=5555, help="HTTP port (default 5555)")
+    p.add_argument("--address", default="0.0.0.0", help="address to listen on (default 0.0.0.0: every interface)")
+    p.set_defaults(func=run)

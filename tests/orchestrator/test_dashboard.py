@@ -1,0 +1,109 @@
+"""The Flower dashboard: a login is required; its HTTP API sees the workers and a finished job's tasks."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from real_processes import run_cli, wait_for
+from orchestrator.__main__ import main
+from orchestrator.cluster import free_port
+
+LOGIN = "ops:s3cret-pass"
+
+
+def write_small_set(folder, n=8):
+    (folder / "images").mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n):
+        cv2.imwrite(str(folder / "images" / f"{i + 1}.jpg"), np.full((40, 56, 3), 20 * i, dtype=np.uint8))
+        images.append({"id": i + 1, "file_name": f"{i + 1}.jpg", "width": 56, "height": 40})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [2, 2, 20, 20], "area": 400.0,
+                     "iscrowd": 0})
+    ann = folder / "annotations.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}))
+    return ann, folder / "images"
+
+
+def get(url: str, login: str | None = LOGIN):
+    """(HTTP status, parsed JSON or None); (0, None) while nothing listens."""
+    request = urllib.request.Request(url)
+    if login:
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, None
+
+
+def test_dashboard_refuses_to_start_without_a_login(capsys, monkeypatch):
+    for value in (None, "no-colon", "user:"):
+        if value is None:
+            monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
+        else:
+            monkeypatch.setenv("FLOWER_BASIC_AUTH", value)
+        assert main(["dashboard", "--broker", "redis://127.0.0.1:1/0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.endswith("(FLOWER_BASIC_AUTH)"), err
+
+
+@pytest.mark.slow
+def test_flower_api_sees_the_workers_and_a_finished_jobs_tasks(shared_cluster, processes, tmp_path, monkeypatch):
+    url = shared_cluster["url"]
+    base = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", LOGIN)
+    processes.spawn("dashboard", ["-m", "orchestrator", "dashboard", "--broker", url, "--address", "127.0.0.1",
+                                  "--port", base.rsplit(":", 1)[1]], url)
+    wait_for(lambda: get(base + "/api/workers", None)[0] == 401, 60, what="Flower to answer (and ask for a login)")
+    assert get(base + "/api/workers", "ops:wrong")[0] == 401
+
+    ann, img = write_small_set(tmp_path / "set")
+    out = run_cli("submit", "--broker", url, "--annotations", str(ann), "--images", str(img), "--backend", "sim:10ms",
+                  "--batch", "2", "--shard-size", "2", "--static-size", "320", "--run-dir", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    (report_path,) = (tmp_path / "runs").glob("*/report.json")
+    job = json.loads(report_path.read_text())["job"]
+
+    def finished_tasks():
+        status, tasks = get(base + "/api/tasks")
+        mine = [t for t in (tasks or {}).values() if job in str(t.get("kwargs"))]
+        done = [t for t in mine if t["state"] == "SUCCESS"]
+        names = [t["name"] for t in done]
+        return done if names.count("evaluator.infer") == 4 and "evaluator.reduce" in names else None
+    tasks = wait_for(finished_tasks, 30, 0.5, what="Flower to show the job's four infer tasks and its reducer")
+    assert {t["name"] for t in tasks} == {"evaluator.preprocess", "evaluator.infer", "evaluator.reduce"}
+    infer = [t for t in tasks if t["name"] == "evaluator.infer"]
+    assert sorted(int(re.search(r"'shard': (\d+)", t["kwargs"]).group(1)) for t in infer) == [0, 1, 2, 3]
+    assert all("'batch': 2" in t["kwargs"] and "'device':" in t["kwargs"] for t in infer)
+    assert all(re.match(r"cpu:[01]-\d+@", t["worker"]) and "cpu:" in t["result"] for t in infer)
+
+    status, workers = get(base + "/api/workers?refresh=1")
+    assert status == 200
+    names = set(workers)
+    assert any(n.startswith("cpu:0-") for n in names) and any(n.startswith("cpu:1-") for n in names)
+    assert any(n.startswith("cpu-pool-") for n in names)
+
+
+@pytest.mark.slow
+def test_embedded_submit_with_dashboard_prints_its_url_and_stops_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
+    ann, img = write_small_set(tmp_path / "set", 4)
+    port = free_port()
+    out = run_cli("submit", "--annotations", str(ann), "--images", str(img), "--backend", "groundtruth", "--batch", "2",
+                  "--devices", "cpu:0", "--static-size", "320", "--dashboard", "--dashboard-port", str(port),
+                  "--run-dir", str(tmp_path / "runs"), timeout_s=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stderr.splitlines() if x.startswith("dashboard: "))
+    assert f"http://127.0.0.1:{port}/" in line and "user evaluator, password " in line
+    (log,) = (tmp_path / "runs").glob("*/logs/dashboard.log")
+    assert f"Visit me at http://127.0.0.1:{port}" in log.read_text()
+    assert get(f"http://127.0.0.1:{port}/api/workers")[0] == 0  # stopped with the cluster

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections import Counter
 
@@ -62,21 +64,36 @@ def union_results(results: dict[int, dict]) -> list[dict]:
 
 
 def reduce_job(state: JobState, job_id: str, evaluator: str | None = None) -> dict:
-    """Check coverage, evaluate (with the job's `coco_eval` unless `evaluator` is given), save the report, finish."""
+    """Read every shard result, check coverage, evaluate, save the report and finish the job (one go)."""
     params = state.params(job_id)
-    summary = state.summary(job_id)
-    t_reduce_start = float(summary.get("t_reduce_start") or time.time())
+    t_reduce_start = float(state.summary(job_id).get("t_reduce_start") or time.time())
     state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
     try:
         expected = [im["id"] for im in read_images(params.annotation)]
         results = state.results(job_id)
         coverage = check_coverage(expected, state.all_shards(job_id), results)
         union = union_results(results)
-        ap = evaluate(params.annotation, union, evaluator or params.coco_eval)
     except Exception as exc:  # a report must say why it has no AP, never hang the job
         state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
         raise
-    metrics = job_metrics(state.batches(job_id), params.warmup_batches, len(expected),
+    return finish_job(state, job_id, len(expected), coverage, union, t_reduce_start, evaluator, mode="one go")
+
+
+def finish_job(state: JobState, job_id: str, n_images: int, coverage: dict, union: list[dict],
+               t_reduce_start: float, evaluator: str | None = None, mode: str = "streaming") -> dict:
+    """COCOeval on the union, metrics, the report; the job ends done (or failed on a coverage error).
+
+    `mode` says how the results were read: "streaming" (as they were written) or "one go" (all at the end).
+    """
+    params = state.params(job_id)
+    summary = state.summary(job_id)
+    state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
+    try:
+        ap = evaluate(params.annotation, union, evaluator or params.coco_eval)
+    except Exception as exc:
+        state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
+        raise
+    metrics = job_metrics(state.batches(job_id), params.warmup_batches, n_images,
                           float(summary["t_submit"]), t_reduce_start)
     t_done = time.time()
     status = "done" if coverage["ok"] else "failed"
@@ -90,6 +107,7 @@ def reduce_job(state: JobState, job_id: str, evaluator: str | None = None) -> di
         "metrics": metrics,
         "workers": _workers(state, metrics),
         "manifest": json.loads(state.r.hget(f"job:{job_id}", "manifest") or "{}"),
+        "reducer": {"mode": mode, "host": socket.gethostname(), "pid": os.getpid()},
         "timestamps": {"submit": float(summary["t_submit"]), "reduce_start": t_reduce_start,
                        "done": t_done, "evaluate_s": t_done - t_reduce_start},
     }

@@ -80,15 +80,18 @@ def run_device_worker(args, state: JobState, timings: ClusterTimings) -> int:
 
 
 def run_preprocess_pool(args, state: JobState, timings: ClusterTimings) -> int:
+    from tasks.streaming import ReduceFollower
     from workers.reaper import Reaper
 
     reaper = Reaper(state, timings.reap_interval_s).start()
+    follower = ReduceFollower(state).start()  # reads results as they are written: after the last, only COCOeval
     try:
         name = f"cpu-pool-{os.getpid()}@{socket.gethostname()}"
         app.worker_main(celery_argv([PREPROCESS_QUEUE, REDUCE_QUEUE], "prefork", name, args.loglevel,
                                     max(1, args.concurrency)))
         return 0
     finally:
+        follower.stop()
         reaper.stop()
 
 

@@ -1,0 +1,109 @@
+"""The streaming reducer: results parsed as they are written, one reducer per job, the one-go reducer as a net."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from tasks.params import JobParams
+from tasks.reduce import reduce_job
+from tasks.shards import read_images
+from tasks.state import JobState, connect
+from tasks.streaming import ReducerLease, ResultStream, follow_job, reduce_when_free
+
+FENCE = "lease:h:cpu:0:fence"
+
+
+def perfect_payload(ann, shard_items):
+    data = json.loads(open(ann).read())
+    ids = [im["id"] for im in shard_items]
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in data["annotations"] if a["image_id"] in ids and not a["iscrowd"]]
+    return {"image_ids": ids, "unreadable": {}, "results": results}
+
+
+@pytest.fixture
+def job(redis_url, selftest_set):
+    ann, img = selftest_set
+    images = read_images(ann)
+    shards = [images[i:i + 2] for i in range(0, len(images), 2)]
+    state = JobState(connect(redis_url))
+    state.create(JobParams(job_id="s1", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=2),
+                 shards)
+    state.set_status("s1", "running")
+    state.r.set(FENCE, 1)
+    return state, ann, shards
+
+
+def write(state, ann, shards, i):
+    state.write_result("s1", i, perfect_payload(ann, shards[i]), FENCE, 1)
+
+
+def test_the_stream_parses_each_result_once_as_it_arrives(job, monkeypatch):
+    state, ann, shards = job
+    stream = ResultStream(state, "s1")
+    assert stream.poll() == 0
+    write(state, ann, shards, 3)
+    write(state, ann, shards, 0)
+    assert stream.poll() == 2 and set(stream.results) == {0, 3}
+    fetched = []
+    real_hmget = state.r.hmget
+    monkeypatch.setattr(state.r, "hmget", lambda key, fields: fetched.append(list(fields)) or real_hmget(key, fields))
+    assert stream.poll() == 2 and fetched == []  # nothing new: nothing fetched
+    write(state, ann, shards, 1)
+    assert stream.poll() == 3 and fetched == [["1"]]  # only the new one
+    assert stream.results[1]["image_ids"] == [im["id"] for im in shards[1]]
+
+
+def test_following_a_job_gives_the_one_go_report(job):
+    state, ann, shards = job
+
+    def writer():
+        for i in range(len(shards)):
+            time.sleep(0.15)
+            write(state, ann, shards, i)
+    thread = threading.Thread(target=writer)
+    t0 = time.time()
+    thread.start()
+    report = follow_job(state, "s1")
+    thread.join()
+    assert report["reducer"]["mode"] == "streaming" and report["status"] == "done"
+    assert report["timestamps"]["reduce_start"] >= t0 + 0.15 * len(shards)  # after the last shard, not before
+    assert report["coverage"]["ok"] and report["coverage"]["counted"] == len(read_images(ann))
+    again = reduce_job(state, "s1")
+    assert again["reducer"]["mode"] == "one go"
+    assert again["ap"]["stats"] == report["ap"]["stats"] and again["coverage"] == report["coverage"]
+    assert report["ap"]["stats"]["AP"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_the_reducer_task_waits_for_a_live_follower_then_takes_over_when_it_dies(job):
+    state, ann, shards = job
+    for i in range(len(shards)):
+        write(state, ann, shards, i)
+    follower = ReducerLease(state.r, "s1", ttl_s=1.0)
+    assert follower.try_acquire()
+    follower._stop.set()  # the follower process died: no more heartbeat, no release
+    t0 = time.time()
+    report = reduce_when_free(state, "s1", poll_s=0.05)
+    assert time.time() - t0 >= 0.5  # it waited for the lease to expire
+    assert report["reducer"]["mode"] == "one go" and state.status("s1") == "done"
+
+
+def test_a_finished_job_is_not_reduced_twice(job):
+    state, ann, shards = job
+    for i in range(len(shards)):
+        write(state, ann, shards, i)
+    lease = ReducerLease(state.r, "s1")
+    assert lease.try_acquire()
+    done = {}
+    waiter = threading.Thread(target=lambda: done.update(report=reduce_when_free(state, "s1", poll_s=0.05)))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive()  # waits while the follower holds the job
+    report = follow_job(state, "s1")
+    lease.release()
+    waiter.join(10)
+    assert done["report"]["reducer"] == report["reducer"] and done["report"]["timestamps"] == report["timestamps"]
+    assert not state.r.exists("job:s1:reducer")

@@ -4,7 +4,9 @@
 
 Without --checkpoint a random checkpoint in the mmdet format is written to a temporary folder
 (speed does not depend on the weights' values, only the detections' count a little). Each size
-runs one warm-up forward, then --reps timed ones; the median is printed.
+runs one warm-up forward, then --reps timed ones; the median wall time is printed, and the
+median CPU time of this process divided by the thread count (what the wall time would be on an
+otherwise idle machine, when other work shares the cores).
 """
 from __future__ import annotations
 
@@ -43,19 +45,21 @@ def main() -> int:
     img = load_image(args.image) if Path(args.image).is_file() else np.full((480, 640, 3), 127, np.uint8)
     print(f"torch {torch.__version__}, {args.threads} threads, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"image {args.image if Path(args.image).is_file() else 'flat grey 640x480'}", file=sys.stderr)
-    print("size  s/image (median)  min     max     detections")
+    print("size  s/image (median)  min     max     cpu-s/thread  detections")
     for size in args.sizes:
         x, meta = preprocess(img, "static", size)
         images, clip = torch.from_numpy(x[None]), torch.from_numpy(clip_sizes([meta]))
-        times = []
+        times, cpu = [], []
         with torch.inference_mode():
             for rep in range(args.reps + 1):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 _, labels = detector(images, clip)
                 if rep:  # the first run is the warm-up
                     times.append(time.perf_counter() - start)
+                    cpu.append((time.process_time() - start_cpu) / args.threads)
         found = int((labels >= 0).sum())
-        print(f"{size:<5} {statistics.median(times):<17.3f} {min(times):<7.3f} {max(times):<7.3f} {found}")
+        print(f"{size:<5} {statistics.median(times):<17.3f} {min(times):<7.3f} {max(times):<7.3f} "
+              f"{statistics.median(cpu):<13.3f} {found}")
     return 0
 
 

@@ -4,7 +4,8 @@ No trained weights can be downloaded everywhere this product is tested, yet the 
 (loading, export, workers, COCO results) needs a real-sized model that finds *something*. The
 weights are drawn per tensor from (seed, key); then BN statistics and the class-logit offsets
 are calibrated on a synthetic image, so activations stay in a sane range and some boxes score
-above the 0.05 threshold. Same seed, same software: same file.
+above the 0.05 threshold. Same seed, same software and CPU kind: the same file (the calibration
+runs the model, so its float32 round-off is in the BN statistics).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from model.preprocess import plan_geometry
 
 SHARDS_PER_DEVICE = 8
+TAIL_ROUNDS = 2  # the shrinking tail spreads the last remaining work over about two rounds of the devices
 
 
 class AnnotationError(ValueError):
@@ -48,12 +49,35 @@ def default_shard_size(n_images: int, batch: int, n_devices: int) -> int:
     return max(batch, per_shard // batch * batch)
 
 
+def tail_sizes(n_images: int, batch: int, n_devices: int, max_size: int) -> list[int]:
+    """Shard sizes that shrink toward the end, so the last wave is one batch per device.
+
+    Each shard takes about remaining / (TAIL_ROUNDS x devices) images, rounded up to whole
+    batches, between one batch and `max_size`: early shards are full size, and a device that
+    finishes late (slower, or unlucky in the pull order) is behind the others by one small
+    shard at most, not by a full one.
+    """
+    sizes, remaining = [], n_images
+    while remaining > 0:
+        want = -(-remaining // (TAIL_ROUNDS * max(1, n_devices)))
+        size = min(max_size, max(batch, -(-want // batch) * batch), remaining)
+        sizes.append(size)
+        remaining -= size
+    return sizes
+
+
 def plan_shards(images: list[dict], batch: int, n_devices: int, size_mode: str, static_size: int,
                 shard_size: int = 0) -> list[list[dict]]:
-    """Images sorted into shape buckets (stable), cut into shards of `shard_size` images."""
-    size = shard_size or default_shard_size(len(images), batch, n_devices)
+    """Images sorted into shape buckets (stable), cut into shards: `shard_size` images each when given,
+    else full-size shards that shrink to one batch at the end (`tail_sizes`)."""
     ordered = sorted(images, key=lambda im: input_shape(im, size_mode, static_size))
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    if shard_size:
+        return [ordered[i:i + shard_size] for i in range(0, len(ordered), shard_size)]
+    shards, start = [], 0
+    for size in tail_sizes(len(ordered), batch, n_devices, default_shard_size(len(images), batch, n_devices)):
+        shards.append(ordered[start:start + size])
+        start += size
+    return shards
 
 
 def plan_batches(items: list, batch: int, shape_of) -> list[list]:

@@ -46,3 +46,18 @@ def test_bad_annotation_files_are_named(tmp_path):
     bad.write_text(json.dumps({"images": [{"id": 1}]}))
     with pytest.raises(AnnotationError, match=r"not a COCO instances file.*bad.json"):
         read_images(bad)
+
+
+@pytest.mark.parametrize("n,batch,devices", [(5120, 8, 32), (5000, 8, 32), (160, 8, 1), (5000, 8, 1), (333, 4, 3)])
+def test_shards_shrink_to_one_batch_at_the_end(n, batch, devices):
+    sizes = [len(s) for s in plan_shards(images(n), batch, devices, "static", 1216)]
+    full = default_shard_size(n, batch, devices)
+    assert sum(sizes) == n and max(sizes) == full and sizes[0] == full
+    assert all(a >= b for a, b in zip(sizes, sizes[1:-1]))  # never grows again (the last may be a remainder)
+    assert sizes[-1] <= batch and all(s % batch == 0 for s in sizes[:-1])
+    tail = sizes[-devices - 1:-1] if sizes[-1] < batch else sizes[-devices:]
+    assert all(s == batch for s in tail)  # the last wave: one batch per device
+
+
+def test_an_explicit_shard_size_is_kept():
+    assert [len(s) for s in plan_shards(images(50), 4, 2, "static", 1216, shard_size=12)] == [12, 12, 12, 12, 2]

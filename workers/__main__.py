@@ -1,4 +1,5 @@
-"""`python -m workers --device cpu:0`: one device worker (solo pool, leased); `--preprocess`: the CPU pool."""
+"""`python -m workers --device cpu:0`: one device worker (solo pool, leased); `--preprocess`: the CPU pool;
+`--reduce`: the reducer alone."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     role = p.add_mutually_exclusive_group(required=True)
     role.add_argument("--device", help="the device this worker owns: cpu:N, cuda:N or npu:N")
     role.add_argument("--preprocess", action="store_true", help="run the preprocessing and reducer pool (prefork)")
+    role.add_argument("--reduce", action="store_true",
+                      help="run only the reducer (reduce queue, one process): a service of its own beside the pool")
     p.add_argument("--broker", help="Redis URL (default: $EVALUATOR_BROKER or redis://127.0.0.1:6379/0)")
     p.add_argument("--backend", help="load this backend now (groundtruth, sim:113ms, onnxruntime, torch, ascend); "
                                      "jobs name their own, this only preloads")
@@ -86,9 +89,12 @@ def run_preprocess_pool(args, state: JobState, timings: ClusterTimings) -> int:
     reaper = Reaper(state, timings.reap_interval_s).start()
     follower = ReduceFollower(state).start()  # reads results as they are written: after the last, only COCOeval
     try:
-        name = f"cpu-pool-{os.getpid()}@{socket.gethostname()}"
-        app.worker_main(celery_argv([PREPROCESS_QUEUE, REDUCE_QUEUE], "prefork", name, args.loglevel,
-                                    max(1, args.concurrency)))
+        if args.reduce:
+            queues, name, concurrency = [REDUCE_QUEUE], f"reducer-{os.getpid()}@{socket.gethostname()}", 1
+        else:
+            queues, name = [PREPROCESS_QUEUE, REDUCE_QUEUE], f"cpu-pool-{os.getpid()}@{socket.gethostname()}"
+            concurrency = max(1, args.concurrency)
+        app.worker_main(celery_argv(queues, "prefork", name, args.loglevel, concurrency))
         return 0
     finally:
         follower.stop()

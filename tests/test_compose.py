@@ -1,0 +1,104 @@
+"""docker-compose.yml: valid for docker-compose, shaped as the design says, and its worker commands complete a job."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from real_processes import REPO, wait_for
+
+COMPOSE = REPO / "docker-compose.yml"
+ENV = {"REDIS_PASSWORD": "compose-test-pw", "FLOWER_BASIC_AUTH": "ops:secret", "EVALUATOR_HOST": "rack7"}
+NPU_NODES = {"/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"}
+
+
+def interpolate(text: str, env: dict) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} (what this file uses)."""
+    def value(m):
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":-":
+            return arg
+        raise KeyError(f"{name}: {arg}")
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", value, text)
+
+
+@pytest.fixture(scope="module")
+def services() -> dict:
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), ENV))["services"]
+
+
+def test_docker_compose_validates_the_file():
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose; .ci/run does)")
+    env = {"PATH": "/usr/bin:/bin", **ENV}
+    ok = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    env.pop("REDIS_PASSWORD")
+    refused = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=env,
+                             cwd=REPO)
+    assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr
+
+
+def test_redis_flower_and_device_services_are_configured_as_designed(services):
+    redis = services["redis"]
+    assert {"--requirepass", "noeviction", "--appendonly"} <= set(redis["command"].split())
+    assert "redis-data:/data" in redis["volumes"]
+    flower = services["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == ENV["FLOWER_BASIC_AUTH"]
+    assert flower["command"].startswith("python -m orchestrator dashboard")
+    assert services["preprocess"]["command"].split()[3] == "--preprocess"
+    assert services["reducer"]["command"].split()[3] == "--reduce"
+    npus = {name: s for name, s in services.items() if s.get("profiles") == ["npu"]}
+    assert len(npus) >= 4
+    for name, s in npus.items():
+        n = int(name[3:])
+        assert set(s["devices"]) == NPU_NODES | {f"/dev/davinci{n}"}
+        assert f"--device npu:{n}" in s["command"]
+        mounts = {v.split(":")[0]: v for v in s["volumes"]}
+        for path in ("/usr/local/Ascend/driver", "/usr/local/bin/npu-smi", "/usr/local/dcmi"):
+            assert mounts[path].endswith(":ro"), path
+    gpus = [s for s in services.values() if s.get("profiles") == ["gpu"]]
+    cards = [d["device_ids"] for s in gpus for d in s["deploy"]["resources"]["reservations"]["devices"]]
+    assert len(gpus) >= 2 and all(len(c) == 1 for c in cards) and len({c[0] for c in cards}) == len(cards)
+    assert any(s.get("profiles") == ["cpu"] and "--device cpu:" in s["command"] for s in services.values())
+    hosts = [s["hostname"] for s in services.values() if "--device" in str(s.get("command"))]
+    assert len(set(hosts)) == len(hosts) and all(h.startswith("rack7-") for h in hosts)  # unique lease keys
+
+
+@pytest.mark.slow
+def test_the_compose_worker_commands_complete_a_job_as_plain_processes(services, redis_url, processes, tmp_path,
+                                                                        selftest_set, tiny_onnx):
+    ann, img = selftest_set
+    compose_broker = services["preprocess"]["environment"]["EVALUATOR_BROKER"]
+    swap = {compose_broker: redis_url, "/models/model.onnx": str(tiny_onnx), "/models/model.om": str(tiny_onnx),
+            "/store": str(tmp_path / "store"), "/runs": str(tmp_path / "runs"),
+            "/data/coco/annotations/instances_val2017.json": str(ann), "/data/coco/val2017": str(img)}
+
+    def plain(argv: list[str]) -> list[str]:
+        assert argv[0] == "python", argv
+        return [swap.get(a, a) for a in argv[1:]]
+
+    for name in ("preprocess", "reducer", "cpu0"):
+        env_broker = services[name]["environment"]["EVALUATOR_BROKER"]
+        assert env_broker == compose_broker  # every service finds the broker the same way
+        processes.wait_ready(processes.spawn(name, plain(shlex.split(services[name]["command"])), redis_url))
+    argv = plain(services["submit"]["entrypoint"]) + ["--batch", "2", "--static-size", "320", "--timeout", "240"]
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env=processes.env(redis_url))
+    assert out.returncode == 0, out.stderr[-3000:]
+    (report_path,) = (tmp_path / "runs").glob("*/report.json")
+    report = json.loads(report_path.read_text())
+    assert report["coverage"]["ok"] and report["params"]["backend"] == "onnxruntime"
+    assert report["params"]["store"] == str(tmp_path / "store") and any((tmp_path / "store").iterdir())
+    logs = "".join(p.log_path.read_text() for p in processes.procs)
+    assert re.search(r"Task evaluator\.reduce\[[^\]]+\] succeeded", logs)
+    assert "reducer-" in (tmp_path / "reducer.log").read_text()

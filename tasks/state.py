@@ -6,6 +6,9 @@ Keys (DESIGN.md section 7):
   job:{id}:shards     hash shard -> JSON list of {"id", "file", "w", "h"}
   job:{id}:results    hash shard -> JSON payload, written once (write_result.lua)
   job:{id}:batches    list of JSON batch records (device, shard, size, t_start, t_end, ...)
+  job:{id}:shard_times list of JSON {"device", "images", "seconds"}: each shard's wall time on its device
+  job:{id}:reissued   hash shard -> why: shards given to a second device by the straggler rule (once each)
+  job:{id}:reducer    the reducer lease (tasks/streaming.py)
   job:{id}:report     the reducer's report (JSON)
   jobs                sorted set of job ids by submit time
 """
@@ -46,7 +49,8 @@ class JobState:
         key = job_key(params.job_id)
         now = time.time()
         with self.r.pipeline() as p:
-            p.delete(key, f"{key}:shards", f"{key}:results", f"{key}:batches", f"{key}:report")
+            p.delete(key, f"{key}:shards", f"{key}:results", f"{key}:batches", f"{key}:report",
+                     f"{key}:shard_times", f"{key}:reissued")
             p.hset(key, mapping={
                 "params": json.dumps(params.to_dict()), "status": "queued",
                 "n_images": sum(len(s) for s in shards), "n_shards": len(shards),
@@ -143,6 +147,14 @@ class JobState:
 
     def batches(self, job_id: str) -> list[dict]:
         return [json.loads(x) for x in self.r.lrange(f"{job_key(job_id)}:batches", 0, -1)]
+
+    def record_shard_time(self, job_id: str, device: str, images: int, seconds: float) -> None:
+        """How long a device took for a whole shard (loading included): what the straggler rule compares with."""
+        self.r.rpush(f"{job_key(job_id)}:shard_times", json.dumps({"device": device, "images": images,
+                                                                    "seconds": seconds}))
+
+    def shard_times(self, job_id: str, last: int = 256) -> list[dict]:
+        return [json.loads(x) for x in self.r.lrange(f"{job_key(job_id)}:shard_times", -last, -1)]
 
     def save_report(self, job_id: str, report: dict) -> None:
         self.r.set(f"{job_key(job_id)}:report", json.dumps(report))

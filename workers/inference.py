@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from model.postprocess import to_coco_results
-from model.preprocess import ImageReadError, clip_sizes, stack_batch
+from model.preprocess import ImageReadError, clip_sizes, plan_geometry, stack_batch
 from tasks.app import enqueue_reduce
 from tasks.params import JobParams
 from tasks.shards import input_shape, plan_batches
 from tasks.state import FINISHED, JobState
-from tasks.store import TensorStore
+from tasks.store import StoreEntry, TensorStore
 from workers.backends import create_backend
 from workers.backends.base import MAX_DETS, InferenceBatch
 from workers.devices import attest
@@ -122,6 +122,8 @@ class ShardRunner:
                 self.state.fail(job_id, f"shard {shard} on {self.host}/{self.device}: {exc.__class__.__name__}: {exc}")
                 raise
             outcome, done = self.state.write_result(job_id, shard, payload, self.lease.fence_key, self.lease.fence)
+            self.state.record_shard_time(job_id, f"{self.host}/{self.device}", len(payload["image_ids"]),
+                                         payload["t_end"] - payload["t_start"])
         finally:
             self.job_in_flight = None
             if self.lease.held:
@@ -134,11 +136,19 @@ class ShardRunner:
                 "unreadable": len(payload["unreadable"]), "outcome": outcome}
 
 
-def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool):
-    """Entries for a planned batch: [(item, entry)], {image id: why unreadable}, seconds spent."""
+def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool, reads_images: bool = True):
+    """Entries for a planned batch: [(item, entry)], {image id: why unreadable}, seconds spent.
+
+    A backend that reads no image (sim with load=none) gets the geometry planned from the
+    annotation's width and height; an image without them is read as usual.
+    """
     t0 = time.time()
     loaded, unreadable = [], {}
     for item in items:
+        if not reads_images and item["w"] > 0 and item["h"] > 0:
+            meta = plan_geometry(item["h"], item["w"], params.size_mode, static_size=params.static_size)
+            loaded.append((item, StoreEntry(meta, None)))
+            continue
         try:
             entry = store.load(Path(params.image_dir) / item["file"], params.size_mode, params.static_size, pixels)
         except ImageReadError as exc:
@@ -151,16 +161,16 @@ def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool
 def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items: list[dict]) -> dict:
     """Every image of the shard through the backend; returns the payload written to Redis."""
     store = TensorStore(runner.store_root or params.store or None)
-    pixels = backend.needs_pixels
+    pixels, reads = backend.needs_pixels, backend.reads_images
     planned = plan_batches(items, params.batch, lambda it: input_shape(it, params.size_mode, params.static_size))
     image_ids, unreadable, results = [], {}, []
     t_begin = time.time()
     with ThreadPoolExecutor(max_workers=1) as loader:  # the next batch loads while this one runs
-        pending = loader.submit(_load, store, params, planned[0], pixels) if planned else None
+        pending = loader.submit(_load, store, params, planned[0], pixels, reads) if planned else None
         for index in range(len(planned)):
             loaded, bad, load_s = pending.result()
             if index + 1 < len(planned):
-                pending = loader.submit(_load, store, params, planned[index + 1], pixels)
+                pending = loader.submit(_load, store, params, planned[index + 1], pixels, reads)
             unreadable.update(bad)
             # the annotation's width/height planned the shapes; regroup by the real ones
             for group in plan_batches(loaded, backend.fixed_batch or params.batch, lambda pair: (pair[1].meta.input_h, pair[1].meta.input_w)):

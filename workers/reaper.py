@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import redis
 
 from tasks.app import enqueue_infer
 from tasks.state import FINISHED, JobState
 from workers.lease import REGISTRY, LeaseScripts, describe_holder
+from workers.stragglers import reissue_stragglers
+
+STRAGGLER_CHECK_S = 1.0  # the orchestrator and the preprocessing pools look for stragglers this often
 
 log = logging.getLogger("workers.reaper")
 
@@ -48,19 +52,26 @@ def reap_once(state: JobState, scripts: LeaseScripts | None = None) -> list[dict
 
 
 class Reaper:
-    """A daemon thread calling reap_once every interval_s."""
+    """A daemon thread calling reap_once every interval_s, and with `stragglers` the straggler rule every second."""
 
-    def __init__(self, state: JobState, interval_s: float):
+    def __init__(self, state: JobState, interval_s: float, stragglers: bool = False):
         self.state = state
         self.interval_s = interval_s
+        self.stragglers = stragglers
         self.scripts = LeaseScripts(state.r)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-reaper", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        step = min(self.interval_s, STRAGGLER_CHECK_S) if self.stragglers else self.interval_s
+        next_reap = time.monotonic() + self.interval_s
+        while not self._stop.wait(step):
             try:
-                reap_once(self.state, self.scripts)
+                if time.monotonic() >= next_reap - 1e-3:
+                    reap_once(self.state, self.scripts)
+                    next_reap = time.monotonic() + self.interval_s
+                if self.stragglers:
+                    reissue_stragglers(self.state)
             except redis.RedisError as exc:
                 log.debug("reaper: %s", exc)
 

@@ -1,8 +1,8 @@
 """Inference backends: each turns a batch of network inputs into the fixed-size detection contract.
 
-`create_backend("sim:113ms")`, `create_backend("torch", model="x.pth", device="cpu:0")`; the
-torch and ascend backends are imported only when asked for, so a device host without torch
-still runs onnxruntime, sim and groundtruth.
+`create_backend("sim:113ms")` (options in workers/backends/sim.py), `create_backend("torch",
+model="x.pth", device="cpu:0")`; the torch and ascend backends are imported only when asked for,
+so a device host without torch still runs onnxruntime, sim and groundtruth.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def check_spec(spec: str, model: str = "") -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {spec!r}: choose from {', '.join(BACKENDS)} (--backend)")
     if name == "sim" and arg:
-        from workers.backends.sim import parse_latency
-        parse_latency(arg)
+        from workers.backends.sim import parse_sim
+        parse_sim(arg)
     if name in ("onnxruntime", "torch", "ascend") and not model:
         raise ValueError(f"the {name} backend needs a model file (--model)")
 
@@ -45,8 +45,10 @@ def create_backend(spec: str, model: str = "", device: str = "cpu:0", precision:
         from workers.backends.groundtruth import GroundTruthBackend
         return GroundTruthBackend()
     if name == "sim":
-        from workers.backends.sim import SimBackend, parse_latency
-        return SimBackend(parse_latency(arg or "113ms"))
+        from dataclasses import asdict
+
+        from workers.backends.sim import SimBackend, parse_sim
+        return SimBackend(**asdict(parse_sim(arg)), device=device)
     if name == "onnxruntime":
         from workers.backends.onnxruntime_backend import OnnxRuntimeBackend
         return OnnxRuntimeBackend(model, device)

@@ -27,6 +27,7 @@ class Backend(ABC):
 
     name: str = "backend"
     needs_pixels: bool = True  # False: the worker may skip loading tensors
+    reads_images: bool = True  # False: the worker reads no file, the geometry comes from the annotation
     fixed_batch: int | None = None  # a static export runs exactly this batch size; short batches are padded
 
     def load(self) -> None:

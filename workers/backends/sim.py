@@ -1,13 +1,27 @@
-"""A simulated device: a fixed latency per batch (e.g. `sim:113ms`), answering like `groundtruth`."""
+"""A simulated device: a fixed latency per batch, answering like `groundtruth`.
+
+Spec: `sim:LATENCY[,load=none|meta|pixels][,stall=SECONDS@DEVICE[#CALL]]`, e.g. `sim:950ms`,
+`sim:950ms,load=none`, `sim:100ms,stall=30s@cpu:3#2`.
+
+- `load` says what the worker reads for it: `meta` (default) the store entry's header (the
+  image file is hashed for the key), `pixels` the full network input as a real device needs
+  (measures the CPU cost of loading), `none` nothing at all: the geometry comes from the
+  annotation's width and height, so a job measures the orchestration alone.
+- `stall` makes one device's call number CALL (0-based, default 0) take SECONDS longer, once:
+  a straggler.
+"""
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from workers.backends.base import Backend, InferenceBatch
 from workers.backends.groundtruth import GroundTruthBackend
+
+LOAD_MODES = ("meta", "pixels", "none")
 
 
 def parse_latency(text: str) -> float:
@@ -19,18 +33,55 @@ def parse_latency(text: str) -> float:
     return value if m.group(2) == "s" else value / 1000.0
 
 
+@dataclass(frozen=True)
+class SimOptions:
+    latency_s: float = 0.113
+    load: str = "meta"
+    stall_s: float = 0.0
+    stall_device: str = ""  # "" = every device
+    stall_call: int = 0
+
+
+def parse_sim(arg: str) -> SimOptions:
+    """The part after `sim:`; ValueError naming --backend when malformed."""
+    latency, *options = arg.split(",") if arg else ["113ms"]
+    fields: dict = {"latency_s": parse_latency(latency or "113ms")}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "load" and value in LOAD_MODES:
+            fields["load"] = value
+        elif key == "stall":
+            m = re.fullmatch(r"([^@#]+)(?:@([^#]+))?(?:#(\d+))?", value)
+            if not m:
+                raise ValueError(f"bad sim stall {value!r}: expected e.g. stall=30s@cpu:3#2 (--backend)")
+            fields.update(stall_s=parse_latency(m.group(1)), stall_device=m.group(2) or "",
+                          stall_call=int(m.group(3) or 0))
+        else:
+            raise ValueError(f"bad sim option {option!r}: expected load=none|meta|pixels or "
+                             f"stall=SECONDS@DEVICE#CALL (--backend)")
+    return SimOptions(**fields)
+
+
 class SimBackend(Backend):
     """Every batch takes exactly `latency_s` (the answer is computed inside that time)."""
 
     name = "sim"
-    needs_pixels = False
 
-    def __init__(self, latency_s: float):
+    def __init__(self, latency_s: float, load: str = "meta", stall_s: float = 0.0, stall_device: str = "",
+                 stall_call: int = 0, device: str = ""):
         self.latency_s = latency_s
+        self.load_mode = load
+        self.needs_pixels = load == "pixels"
+        self.reads_images = load != "none"
+        self.stall_s = stall_s if stall_s and stall_device in ("", device) else 0.0
+        self.stall_call = stall_call
+        self.calls = 0
         self.answers = GroundTruthBackend()
 
     def infer(self, batch: InferenceBatch) -> tuple[np.ndarray, np.ndarray]:
-        deadline = time.perf_counter() + self.latency_s
+        latency = self.latency_s + (self.stall_s if self.calls == self.stall_call else 0.0)
+        self.calls += 1
+        deadline = time.perf_counter() + latency
         out = self.answers.infer(batch)
         remaining = deadline - time.perf_counter()
         if remaining > 0:
@@ -38,4 +89,8 @@ class SimBackend(Backend):
         return out
 
     def describe(self) -> dict:
-        return {"backend": self.name, "latency_ms": self.latency_s * 1000.0, "answers": "groundtruth"}
+        out = {"backend": self.name, "latency_ms": self.latency_s * 1000.0, "answers": "groundtruth",
+               "load": self.load_mode}
+        if self.stall_s:
+            out["stall"] = {"seconds": self.stall_s, "call": self.stall_call}
+        return out

@@ -77,7 +77,7 @@ def watch(state: JobState, job_id: str, run_dir: Path, timings: ClusterTimings, 
           timeout_s: float | None = None) -> tuple[int, dict | None]:
     """Progress until the job ends, then the table and the run folder: (exit code, report or None)."""
     n_images = int(state.summary(job_id).get("n_images", 0))
-    reaper = Reaper(state, timings.reap_interval_s).start()
+    reaper = Reaper(state, timings.reap_interval_s, stragglers=True).start()
     try:
         with JobProgress(job_id, n_images) as progress:
             report = wait_job(state, job_id, progress.update, check_alive, timeout_s=timeout_s)

@@ -86,7 +86,7 @@ def run_preprocess_pool(args, state: JobState, timings: ClusterTimings) -> int:
     from tasks.streaming import ReduceFollower
     from workers.reaper import Reaper
 
-    reaper = Reaper(state, timings.reap_interval_s).start()
+    reaper = Reaper(state, timings.reap_interval_s, stragglers=True).start()
     follower = ReduceFollower(state).start()  # reads results as they are written: after the last, only COCOeval
     try:
         if args.reduce:

@@ -159,7 +159,7 @@ def test_ascend_graph_with_reference_ops_gives_torch_detections(ascend, photos, 
 
 
 @pytest.mark.slow
-def test_ascend_nms_fp16_feeds_float16(detector, tmp_path):
+def test_ascend_nms_fp16_feeds_float16(detector, photos, tmp_path):
     from conversion.export.exporter import export_onnx
     model = export_onnx(detector, tmp_path / "fp16.onnx", target="ascend", batch=1, size=256, nms_fp16=True)
     made_by = producers(model)
@@ -167,3 +167,7 @@ def test_ascend_nms_fp16_feeds_float16(detector, tmp_path):
         for name in node.input:
             cast = made_by[name]
             assert cast.op_type == "Cast" and attrs(cast)["to"] == onnx.TensorProto.FLOAT16
+    images, _, _ = network_inputs(photos[2:3], 256)
+    dets, labels = ort_session(lower_ascend_graph(model).SerializeToString()).run(["dets", "labels"],
+                                                                                 {"input": images})
+    assert dets.shape == (1, 100, 5) and (labels >= 0).sum() > 0 and ((labels >= 0) == (dets[..., 4] > 0)).all()

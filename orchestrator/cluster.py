@@ -1,6 +1,7 @@
 """The embedded local cluster: a private redis-server, the preprocessing pool, one worker per device."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -87,6 +88,8 @@ class RedisServer:
 class LocalCluster:
     """Everything `submit` starts when no --broker is given, and stops at the end (always)."""
 
+    CONFIG = "cluster.json"
+
     def __init__(self, run_dir: str | Path, devices: list[str], backend: str = "", model: str = "",
                  precision: str = "fp32", preprocess_concurrency: int | None = None, lease_ttl_s: float | None = None):
         self.run_dir = Path(run_dir)
@@ -94,8 +97,20 @@ class LocalCluster:
         self.backend, self.model, self.precision = backend, model, precision
         self.concurrency = preprocess_concurrency or max(1, (os.cpu_count() or 2) - len(devices))
         self.lease_ttl_s = lease_ttl_s
-        self.redis = RedisServer(self.run_dir / "redis")
+        # an append-only file in the run folder: after a Ctrl-C or a crash, `resume JOB` restarts from it
+        self.redis = RedisServer(self.run_dir / "redis", extra_args=["--appendonly", "yes"])
         self.procs: dict[str, subprocess.Popen] = {}
+
+    def save_config(self) -> None:
+        """What `resume` needs to start the same cluster again on the same Redis folder."""
+        (self.run_dir / self.CONFIG).write_text(json.dumps({
+            "devices": self.devices, "backend": self.backend, "model": self.model, "precision": self.precision,
+            "lease_ttl_s": self.lease_ttl_s}))
+
+    @classmethod
+    def from_folder(cls, run_dir: str | Path) -> "LocalCluster":
+        c = json.loads((Path(run_dir) / cls.CONFIG).read_text())
+        return cls(run_dir, c["devices"], c["backend"], c["model"], c["precision"], lease_ttl_s=c["lease_ttl_s"])
 
     @property
     def url(self) -> str:
@@ -113,6 +128,7 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         self.redis.start()
         try:
+            self.save_config()
             self._spawn("preprocess", ["--preprocess", "--concurrency", str(self.concurrency)])
             for device in self.devices:
                 args = ["--device", device, "--precision", self.precision]

@@ -79,10 +79,11 @@ def resume_job(state: JobState, job_id: str) -> dict:
     key = job_key(job_id)
     reducer_queued = any(t.kwargs.get("job_id") == job_id for t in queued_tasks(state.r, [REDUCE_QUEUE]))
     reduce = not missing and status != "reducing" and not reducer_queued
+    state.r.hincrby(key, "resumes", 1)  # the report says end-to-end FPS includes an interruption
+    state.r.hset(key, "t_resumed", time.time())
     if todo or reduce or status in ("failed", "cancelled"):
         state.r.hdel(key, "error", "t_done")
-        state.r.hincrby(key, "resumes", 1)
-        state.set_status(job_id, "running", t_resumed=time.time())  # before enqueueing: tasks must not skip
+        state.set_status(job_id, "running")  # before enqueueing: tasks must not skip
     if todo:
         enqueue_job(job_id, 0, params.batch, preprocess_first=bool(params.store), shards=todo)
     if reduce:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -132,3 +133,23 @@ def test_cancel_leaves_nothing_running_and_resume_completes_the_job(shared_clust
     assert state.summary(job)["shards_done"] == state.summary(job)["n_shards"]
     done = run_cli("cancel", job, "--broker", url)
     assert done.returncode == 0 and "nothing to cancel" in done.stdout
+
+
+def test_ctrl_c_on_the_embedded_cluster_then_resume_from_its_run_folder(data, uninterrupted, processes, tmp_path):
+    runs = tmp_path / "runs"
+    args = job_args("unused", *data, runs, "150ms")
+    args = args[:1] + args[3:] + ["--devices", "cpu:0"]  # no --broker: the embedded cluster
+    proc = processes.spawn("submit", ["-m", "orchestrator", *args], "redis://127.0.0.1:1/0")
+    follow = wait_for(lambda: re.search(r"status (\S+) --broker (redis://\S+)`", processes.log(proc)), 120,
+                      what="the embedded job to start")
+    job, state = follow.group(1), JobState(connect(follow.group(2)))
+    wait_for(lambda: state.r.hlen(f"job:{job}:results") >= 2, 60, what="two shard results")
+    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: submit stops everything it started
+    assert proc.wait(60) == 130 and "interrupted" in processes.log(proc)
+    assert (runs / job / "redis").is_dir() and not (runs / job / "report.json").exists()
+    out = run_cli("resume", job, "--run-dir", str(runs), "--timeout", "120", timeout_s=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "restarting the embedded cluster" in out.stderr
+    report = json.loads((runs / job / "report.json").read_text())
+    same_numbers(report, uninterrupted)
+    assert report["resumes"] == 1

@@ -66,6 +66,8 @@ def render(report: dict, console: Console) -> None:
                   f"(submit to reducer start); COCOeval {report['timestamps']['evaluate_s']:.1f} s")
     if any(not d["fps"] for d in m["devices"].values()):
         console.print("(FPS in brackets: no batch after warm-up on that device, so warm-up is included)")
+    if m.get("tensor_wait_note"):
+        console.print(m["tensor_wait_note"])
     console.print(f"validity: {m['validity_rule']}")
     for name, v in (report.get("validity") or {}).get("devices", {}).items():
         if not v["valid"]:

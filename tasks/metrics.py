@@ -8,6 +8,7 @@ import numpy as np
 MIN_IMAGES = 100
 MIN_DEVICE_S = 20.0
 MIN_BATCHES = 10
+WAIT_BOTTLENECK = 0.05  # above this share of device time spent waiting for tensors, loading was the limit
 VALIDITY_RULE = (f"an FPS figure is valid when its device ran, after warm-up, at least {MIN_BATCHES} batches, "
                  f"{MIN_IMAGES} images and {MIN_DEVICE_S:g} s of device calls (MLPerf-offline style: "
                  f"enough work for a steady rate)")
@@ -43,6 +44,7 @@ def device_metrics(records: list[dict], warmup_batches: int) -> dict[str, dict]:
                            if lat.size else {"p50": None, "p90": None, "p99": None}),
             "shards": sorted({r["shard"] for r in recs}),
             "workers": sorted({r["pid"] for r in recs}),
+            "tensor_wait_s": float(sum(r.get("wait_s", 0.0) for r in recs)),
         }
         m["valid"] = (len(measured) >= MIN_BATCHES and images >= MIN_IMAGES and device_s >= MIN_DEVICE_S)
         out[name] = m
@@ -63,4 +65,18 @@ def job_metrics(records: list[dict], warmup_batches: int, n_images: int,
         "images": n_images,
         "valid": bool(devices) and all(d["valid"] for d in devices.values()),
         "validity_rule": VALIDITY_RULE,
+        **tensor_wait(records),
     }
+
+
+def tensor_wait(records: list[dict]) -> dict:
+    """How long devices sat waiting for their next batch's tensors, and whether that made loading the bottleneck."""
+    wait = float(sum(r.get("wait_s", 0.0) for r in records))
+    busy = float(sum(r["t_end"] - r["t_start"] for r in records))
+    fraction = wait / (wait + busy) if wait + busy > 0 else 0.0
+    if fraction > WAIT_BOTTLENECK:
+        note = (f"devices waited {wait:.1f} s for tensors ({fraction:.0%} of their time): preprocessing, "
+                f"not the devices, was the bottleneck")
+    else:
+        note = f"devices waited {wait:.1f} s for tensors ({fraction:.0%} of their time): the devices were the limit"
+    return {"tensor_wait_s": wait, "tensor_wait_fraction": fraction, "tensor_wait_note": note}

@@ -158,39 +158,59 @@ def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool
     return loaded, unreadable, time.time() - t0
 
 
+def _prepare(store: TensorStore, params: JobParams, items: list[dict], backend):
+    """A planned batch made ready for the device, off its critical path: [(group, float32 images or None)],
+    {image id: why unreadable}, seconds spent loading and stacking."""
+    t0 = time.time()
+    loaded, unreadable, _ = _load(store, params, items, backend.needs_pixels, backend.reads_images)
+    groups = []
+    # the annotation's width/height planned the shapes; regroup by the real ones
+    for group in plan_batches(loaded, backend.fixed_batch or params.batch,
+                              lambda pair: (pair[1].meta.input_h, pair[1].meta.input_w)):
+        rows = max(backend.fixed_batch or len(group), len(group))
+        images = stack_batch([entry.network_input() for _, entry in group], rows) if backend.needs_pixels else None
+        groups.append((group, images))
+    return groups, unreadable, time.time() - t0
+
+
 def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items: list[dict]) -> dict:
-    """Every image of the shard through the backend; returns the payload written to Redis."""
+    """Every image of the shard through the backend; returns the payload written to Redis.
+
+    The next batch is loaded, normalised and stacked while the device runs this one; the time
+    the device still waits for it is recorded per batch (`wait_s`).
+    """
     store = TensorStore(runner.store_root or params.store or None)
-    pixels, reads = backend.needs_pixels, backend.reads_images
     planned = plan_batches(items, params.batch, lambda it: input_shape(it, params.size_mode, params.static_size))
     image_ids, unreadable, results = [], {}, []
     t_begin = time.time()
-    with ThreadPoolExecutor(max_workers=1) as loader:  # the next batch loads while this one runs
-        pending = loader.submit(_load, store, params, planned[0], pixels, reads) if planned else None
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        pending = loader.submit(_prepare, store, params, planned[0], backend) if planned else None
         for index in range(len(planned)):
-            loaded, bad, load_s = pending.result()
+            t_wait = time.time()
+            groups, bad, load_s = pending.result()
+            wait_s = time.time() - t_wait
             if index + 1 < len(planned):
-                pending = loader.submit(_load, store, params, planned[index + 1], pixels, reads)
+                pending = loader.submit(_prepare, store, params, planned[index + 1], backend)
             unreadable.update(bad)
-            # the annotation's width/height planned the shapes; regroup by the real ones
-            for group in plan_batches(loaded, backend.fixed_batch or params.batch, lambda pair: (pair[1].meta.input_h, pair[1].meta.input_w)):
+            for group, images in groups:
                 runner.check()
-                results.extend(_run_batch(runner, backend, params, shard, group, load_s))
+                results.extend(_run_batch(runner, backend, params, shard, group, images, load_s, wait_s))
                 image_ids.extend(item["id"] for item, _ in group)
+                wait_s = 0.0
     return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
             "device": runner.device, "host": runner.host, "pid": os.getpid(), "fence": runner.lease.fence,
             "t_start": t_begin, "t_end": time.time(),
             "store": {"hits": store.hits, "misses": store.misses, "recomputed": store.recomputed}}
 
 
-def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, group: list, load_s: float) -> list[dict]:
+def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, group: list, images, load_s: float,
+               wait_s: float = 0.0) -> list[dict]:
     """One device call (padded to the backend's fixed batch), its timing record, its COCO results."""
     metas = [entry.meta for _, entry in group]
     rows = max(backend.fixed_batch or len(group), len(group))
     clip = np.zeros((rows, 2), dtype=np.float32)
     clip[:] = (metas[0].input_h, metas[0].input_w)  # padded canvases: any valid size
     clip[:len(group)] = clip_sizes(metas)
-    images = stack_batch([entry.network_input() for _, entry in group], rows) if backend.needs_pixels else None
     batch = InferenceBatch(images=images, clip_hw=clip, metas=metas,
                            image_ids=[item["id"] for item, _ in group], job=params.to_dict())
     t_start = time.time()
@@ -201,7 +221,8 @@ def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, grou
                          f"for {len(group)} images")
     runner.state.record_batch(params.job_id, {
         "job": params.job_id, "shard": shard, "device": runner.device, "host": runner.host, "pid": os.getpid(),
-        "seq": runner.next_seq(params.job_id), "size": len(group), "rows": rows, "t_start": t_start, "t_end": t_end, "load_s": load_s,
+        "seq": runner.next_seq(params.job_id), "size": len(group), "rows": rows, "t_start": t_start, "t_end": t_end,
+        "load_s": load_s, "wait_s": wait_s,
     })
     runner.seq += 1
     out = []

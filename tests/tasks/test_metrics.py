@@ -35,3 +35,14 @@ def test_percentiles_and_job_totals():
     assert j["e2e_fps"] == pytest.approx(10.2)
     assert j["device_fps_total"] == pytest.approx(100 / sum((i + 1) / 100 for i in range(100)) + 4.0)
     assert not j["valid"]  # cpu:1 ran one batch: not enough for a steady rate
+
+
+def test_waiting_for_tensors_names_the_bottleneck():
+    from tasks.metrics import tensor_wait
+    recs = [{"t_start": 0.0, "t_end": 1.0, "wait_s": 0.01}, {"t_start": 1.0, "t_end": 2.0, "wait_s": 0.0}]
+    assert "the devices were the limit" in tensor_wait(recs)["tensor_wait_note"]
+    slow = [dict(r, wait_s=0.5) for r in recs]
+    out = tensor_wait(slow)
+    assert out["tensor_wait_s"] == 1.0 and out["tensor_wait_fraction"] == 1.0 / 3.0
+    assert "preprocessing, not the devices, was the bottleneck" in out["tensor_wait_note"]
+    assert tensor_wait([{"t_start": 0.0, "t_end": 1.0}])["tensor_wait_s"] == 0.0  # records from before wait_s

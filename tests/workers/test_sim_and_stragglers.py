@@ -23,12 +23,15 @@ def test_sim_spec_options():
     o = parse_sim("950ms,load=none,stall=30s@cpu:3#2")
     assert (o.latency_s, o.load, o.stall_s, o.stall_device, o.stall_call) == (0.95, "none", 30.0, "cpu:3", 2)
     assert parse_sim("") == parse_sim("113ms") and parse_sim("1s,stall=500ms").stall_device == ""
-    for bad in ("950ms,load=all", "950ms,stall=soon", "950ms,turbo"):
+    for bad in ("950ms,load=all", "950ms,stall=soon", "950ms,turbo", "950ms,slow=2@cpu:3"):
         with pytest.raises(ValueError, match=r"\(--backend\)$"):
             check_spec(f"sim:{bad}")
     assert create_backend("sim:1ms,load=pixels").needs_pixels
     none = create_backend("sim:1ms,load=none")
     assert not none.needs_pixels and not none.reads_images and none.describe()["load"] == "none"
+    assert create_backend("sim:500ms,slow=2@cpu:4-7", device="cpu:7").latency_s == 1.0
+    assert create_backend("sim:500ms,slow=2x@cpu:4-7", device="cpu:3").latency_s == 0.5
+    assert create_backend("sim:500ms,slow=2@cpu:4-7", device="npu:5").latency_s == 0.5
 
 
 def test_stall_hits_one_device_once(selftest_set):

@@ -1,7 +1,7 @@
 """A simulated device: a fixed latency per batch, answering like `groundtruth`.
 
-Spec: `sim:LATENCY[,load=none|meta|pixels][,stall=SECONDS@DEVICE[#CALL]]`, e.g. `sim:950ms`,
-`sim:950ms,load=none`, `sim:100ms,stall=30s@cpu:3#2`.
+Spec: `sim:LATENCY[,load=none|meta|pixels][,stall=SECONDS@DEVICE[#CALL]][,slow=FACTOR@KIND:A-B]`,
+e.g. `sim:950ms`, `sim:950ms,load=none`, `sim:100ms,stall=30s@cpu:3#2`, `sim:950ms,slow=2@cpu:16-31`.
 
 - `load` says what the worker reads for it: `meta` (default) the store entry's header (the
   image file is hashed for the key), `pixels` the full network input as a real device needs
@@ -9,6 +9,7 @@ Spec: `sim:LATENCY[,load=none|meta|pixels][,stall=SECONDS@DEVICE[#CALL]]`, e.g. 
   annotation's width and height, so a job measures the orchestration alone.
 - `stall` makes one device's call number CALL (0-based, default 0) take SECONDS longer, once:
   a straggler.
+- `slow` multiplies the latency of devices KIND:A to KIND:B by FACTOR: a mixed rack.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class SimOptions:
     stall_s: float = 0.0
     stall_device: str = ""  # "" = every device
     stall_call: int = 0
+    slow_factor: float = 1.0
+    slow_devices: str = ""  # KIND:A-B
 
 
 def parse_sim(arg: str) -> SimOptions:
@@ -56,10 +59,23 @@ def parse_sim(arg: str) -> SimOptions:
                 raise ValueError(f"bad sim stall {value!r}: expected e.g. stall=30s@cpu:3#2 (--backend)")
             fields.update(stall_s=parse_latency(m.group(1)), stall_device=m.group(2) or "",
                           stall_call=int(m.group(3) or 0))
+        elif key == "slow" and re.fullmatch(r"[0-9]*\.?[0-9]+x?@[a-z]+:\d+-\d+", value):
+            factor, _, devices = value.partition("@")
+            fields.update(slow_factor=float(factor.rstrip("x")), slow_devices=devices)
         else:
-            raise ValueError(f"bad sim option {option!r}: expected load=none|meta|pixels or "
-                             f"stall=SECONDS@DEVICE#CALL (--backend)")
+            raise ValueError(f"bad sim option {option!r}: expected load=none|meta|pixels, "
+                             f"stall=SECONDS@DEVICE#CALL or slow=FACTOR@KIND:A-B (--backend)")
     return SimOptions(**fields)
+
+
+def in_range(device: str, devices: str) -> bool:
+    """`cpu:3` in `cpu:0-7`."""
+    if not devices or ":" not in device:
+        return False
+    kind, _, span = devices.partition(":")
+    first, _, last = span.partition("-")
+    dev_kind, _, index = device.partition(":")
+    return dev_kind == kind and index.isdigit() and int(first) <= int(index) <= int(last)
 
 
 class SimBackend(Backend):
@@ -68,8 +84,8 @@ class SimBackend(Backend):
     name = "sim"
 
     def __init__(self, latency_s: float, load: str = "meta", stall_s: float = 0.0, stall_device: str = "",
-                 stall_call: int = 0, device: str = ""):
-        self.latency_s = latency_s
+                 stall_call: int = 0, slow_factor: float = 1.0, slow_devices: str = "", device: str = ""):
+        self.latency_s = latency_s * (slow_factor if in_range(device, slow_devices) else 1.0)
         self.load_mode = load
         self.needs_pixels = load == "pixels"
         self.reads_images = load != "none"

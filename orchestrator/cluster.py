@@ -1,6 +1,7 @@
 """The embedded local cluster: a private redis-server, the preprocessing pool, one worker per device."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -12,6 +13,24 @@ import time
 from pathlib import Path
 
 import redis
+
+
+try:  # Linux: ask the kernel to signal a child when its parent dies
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:
+    _LIBC = None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent_pid: int):
+    """A Popen preexec_fn: the child gets SIGTERM when `parent_pid` dies, even by SIGKILL, so a crashed
+    submit leaves no orphan Redis or worker behind (and `resume` never finds its folder in use)."""
+    def arm() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent_pid:  # the parent died before the request was made
+                os.kill(os.getpid(), signal.SIGTERM)
+    return arm
 
 
 class ClusterError(RuntimeError):
@@ -63,7 +82,7 @@ class RedisServer:
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
              "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--daemonize", "no",
              *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with(os.getpid()))
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.time() + timeout_s
         while True:
@@ -123,7 +142,7 @@ class LocalCluster:
         with open(logs / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", module, *args, "--broker", self.url],
                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                env=env, start_new_session=True)
+                                                env=env, start_new_session=True, preexec_fn=die_with(os.getpid()))
 
     def start(self) -> "LocalCluster":
         self.redis.start()

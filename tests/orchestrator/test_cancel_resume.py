@@ -135,17 +135,35 @@ def test_cancel_leaves_nothing_running_and_resume_completes_the_job(shared_clust
     assert done.returncode == 0 and "nothing to cancel" in done.stdout
 
 
-def test_ctrl_c_on_the_embedded_cluster_then_resume_from_its_run_folder(data, uninterrupted, processes, tmp_path):
+def cluster_processes(url: str) -> list[int]:
+    """Pids of processes started with this broker URL on their command line (the embedded cluster's)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and url.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "crash"])
+def test_interrupted_embedded_submit_resumes_from_its_run_folder(sig, data, uninterrupted, processes, tmp_path):
     runs = tmp_path / "runs"
     args = job_args("unused", *data, runs, "150ms")
     args = args[:1] + args[3:] + ["--devices", "cpu:0"]  # no --broker: the embedded cluster
     proc = processes.spawn("submit", ["-m", "orchestrator", *args], "redis://127.0.0.1:1/0")
     follow = wait_for(lambda: re.search(r"status (\S+) --broker (redis://\S+)`", processes.log(proc)), 120,
                       what="the embedded job to start")
-    job, state = follow.group(1), JobState(connect(follow.group(2)))
+    job, url = follow.group(1), follow.group(2)
+    state = JobState(connect(url))
     wait_for(lambda: state.r.hlen(f"job:{job}:results") >= 2, 60, what="two shard results")
-    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: submit stops everything it started
-    assert proc.wait(60) == 130 and "interrupted" in processes.log(proc)
+    os.kill(proc.pid, sig)
+    if sig == signal.SIGINT:  # Ctrl-C: submit stops everything it started
+        assert proc.wait(60) == 130 and "interrupted" in processes.log(proc)
+    else:  # killed: its Redis and workers follow it (the kernel signals them), none is left behind
+        proc.wait(10)
+    wait_for(lambda: not cluster_processes(url), 60, what="the embedded cluster's processes to exit")
     assert (runs / job / "redis").is_dir() and not (runs / job / "report.json").exists()
     out = run_cli("resume", job, "--run-dir", str(runs), "--timeout", "120", timeout_s=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -107,13 +107,24 @@ def normalize(img_bgr: np.ndarray, cfg: PreprocessConfig = PREPROCESS) -> np.nda
 
 def to_network_input(resized_bgr: np.ndarray, meta: ImageMeta, cfg: PreprocessConfig = PREPROCESS,
                      out: np.ndarray | None = None) -> np.ndarray:
-    """float32 CHW [3, input_h, input_w]: normalised image at its offset, zeros elsewhere."""
+    """float32 CHW [3, input_h, input_w]: normalised image at its offset, zeros elsewhere.
+
+    The same float32 operations as `normalize` (v - mean, then / std, per element), written
+    plane by plane straight into place: no transposed copy, only the padding is zeroed.
+    """
     if out is None:
-        out = np.zeros((3, meta.input_h, meta.input_w), dtype=np.float32)
-    else:
-        out[...] = 0
-    norm = normalize(resized_bgr, cfg)
-    out[:, meta.pad_top:meta.pad_top + meta.new_h, meta.pad_left:meta.pad_left + meta.new_w] = norm.transpose(2, 0, 1)
+        out = np.empty((3, meta.input_h, meta.input_w), dtype=np.float32)
+    top, left, h, w = meta.pad_top, meta.pad_left, meta.new_h, meta.new_w
+    out[:, :top] = 0
+    out[:, top + h:] = 0
+    out[:, top:top + h, :left] = 0
+    out[:, top:top + h, left + w:] = 0
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    for c in range(3):  # RGB plane c is BGR channel 2 - c
+        plane = out[c, top:top + h, left:left + w]
+        np.subtract(resized_bgr[:, :, 2 - c], mean[c], out=plane, dtype=np.float32)
+        np.divide(plane, std[c], out=plane)
     return out
 
 

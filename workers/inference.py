@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from model.postprocess import to_coco_results
-from model.preprocess import ImageReadError, clip_sizes, plan_geometry, stack_batch
+from model.preprocess import ImageReadError, clip_sizes, plan_geometry, to_network_input
 from tasks.app import enqueue_reduce
 from tasks.params import JobParams
 from tasks.shards import input_shape, plan_batches
@@ -167,10 +167,19 @@ def _prepare(store: TensorStore, params: JobParams, items: list[dict], backend):
     # the annotation's width/height planned the shapes; regroup by the real ones
     for group in plan_batches(loaded, backend.fixed_batch or params.batch,
                               lambda pair: (pair[1].meta.input_h, pair[1].meta.input_w)):
-        rows = max(backend.fixed_batch or len(group), len(group))
-        images = stack_batch([entry.network_input() for _, entry in group], rows) if backend.needs_pixels else None
+        images = _stack(group, max(backend.fixed_batch or len(group), len(group))) if backend.needs_pixels else None
         groups.append((group, images))
     return groups, unreadable, time.time() - t0
+
+
+def _stack(group: list, rows: int) -> np.ndarray:
+    """float32 [rows, 3, H, W]: each image normalised straight into its row, padded canvases zero."""
+    meta = group[0][1].meta
+    batch = np.empty((rows, 3, meta.input_h, meta.input_w), dtype=np.float32)
+    for row, (_, entry) in enumerate(group):
+        to_network_input(entry.resized, entry.meta, out=batch[row])
+    batch[len(group):] = 0
+    return batch
 
 
 def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items: list[dict]) -> dict:

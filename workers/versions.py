@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from workers.devices import _run, parse_device
+from workers.devices import _run, nvidia_smi_id, parse_device
 
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "torchvision", "ais_bench", "celery", "numpy", "opencv-python")
 ASCEND_HOME = Path(os.environ.get("ASCEND_HOME_PATH", "/usr/local/Ascend"))
@@ -54,8 +54,11 @@ def device_identity(device: str) -> dict:
     kind, index = parse_device(device)
     out: dict = {"device": device}
     if kind == "cuda":
-        text = _run(["nvidia-smi", "-i", str(index), "--query-gpu=name,uuid,driver_version",
-                     "--format=csv,noheader"])
+        try:
+            gid = nvidia_smi_id(index)
+        except ValueError:
+            return out
+        text = _run(["nvidia-smi", "-i", gid, "--query-gpu=name,uuid,driver_version", "--format=csv,noheader"])
         if text:
             name, uuid, driver = (x.strip() for x in (text.strip().split(",") + ["", ""])[:3])
             out.update(name=name, uuid=uuid, driver=driver)

@@ -113,8 +113,8 @@ def test_onnxruntime_runs_a_contract_model(tmp_path, fixed_batch, with_clip):
 
 def test_onnxruntime_providers_follow_the_device():
     assert providers_for("cpu:0", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert providers_for("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == (
-        "CUDAExecutionProvider", {"device_id": 1})
+    name, options = providers_for("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0]
+    assert (name, options["device_id"]) == ("CUDAExecutionProvider", 1)
     with pytest.raises(ValueError, match=r"cuda:0.*\(--device\)"):
         providers_for("cuda:0", ["CPUExecutionProvider"])
 

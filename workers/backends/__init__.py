@@ -51,7 +51,7 @@ def create_backend(spec: str, model: str = "", device: str = "cpu:0", precision:
         return SimBackend(**asdict(parse_sim(arg)), device=device)
     if name == "onnxruntime":
         from workers.backends.onnxruntime_backend import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(model, device)
+        return OnnxRuntimeBackend(model, device, precision)
     if name == "torch":
         try:
             from workers.backends.torch_backend import TorchBackend

@@ -1,6 +1,7 @@
 """Batch sweeps on the embedded cluster (preprocessing once, AP at every batch size) and the report files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -86,9 +87,11 @@ def test_two_batch_sweep_preprocesses_once_and_matches_a_single_job(tmp_path, sh
     for b in (1, 4):
         write_tiny_onnx(tmp_path / f"tiny_bs{b}.onnx", fixed_batch=b)  # static exports, one per batch size
     runs = tmp_path / "runs"
+    checkpoint = tmp_path / "dcn.pth"
+    checkpoint.write_bytes(b"the checkpoint the exports came from")
     out = run_cli("submit", "--annotations", str(ann), "--images", str(img), "--model", str(tmp_path / "tiny_bs{batch}.onnx"),
                   "--batch", "1,4", "--devices", "cpu:0", "--static-size", "320", "--warmup", "1",
-                  "--run-dir", str(runs), timeout_s=300)
+                  "--checkpoint", str(checkpoint), "--run-dir", str(runs), timeout_s=300)
     assert out.returncode == 0, out.stderr[-3000:]
     (sweep_path,) = runs.glob("*/sweep.json")
     sweep = json.loads(sweep_path.read_text())
@@ -111,8 +114,12 @@ def test_two_batch_sweep_preprocesses_once_and_matches_a_single_job(tmp_path, sh
     for job in sweep["jobs"]:
         report = json.loads((runs / job / "report.json").read_text())
         assert report["params"]["sweep"] == sweep["id"] and report["coverage"]["ok"]
-        assert report["manifest"]["model_sha256"] and report["params"]["model"].endswith(
-            f"tiny_bs{report['params']['batch']}.onnx")
+        model = Path(report["params"]["model"])
+        assert model.name == f"tiny_bs{report['params']['batch']}.onnx"
+        assert report["manifest"]["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+        assert report["manifest"]["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        (host,) = report["manifest"]["hosts"]
+        assert host["device"].endswith("/cpu:0") and host["onnxruntime"] and host["backend"]["backend"] == "onnxruntime"
     check_report_files(runs / sweep["jobs"][1], runs)
 
 

@@ -159,8 +159,9 @@ def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool
 
 
 def _prepare(store: TensorStore, params: JobParams, items: list[dict], backend):
-    """A planned batch made ready for the device, off its critical path: [(group, float32 images or None)],
-    {image id: why unreadable}, seconds spent loading and stacking."""
+    """A planned batch made ready for the device, off its critical path: [(group, InferenceBatch)],
+    {image id: why unreadable}, seconds spent loading and stacking. Each batch is handed to
+    `backend.prefetch`, so a GPU backend copies it to the device while the one before runs."""
     t0 = time.time()
     loaded, unreadable, _ = _load(store, params, items, backend.needs_pixels, backend.reads_images)
     groups = []
@@ -168,7 +169,9 @@ def _prepare(store: TensorStore, params: JobParams, items: list[dict], backend):
     for group in plan_batches(loaded, backend.fixed_batch or params.batch,
                               lambda pair: (pair[1].meta.input_h, pair[1].meta.input_w)):
         images = _stack(group, max(backend.fixed_batch or len(group), len(group))) if backend.needs_pixels else None
-        groups.append((group, images))
+        batch = _batch(params, backend, group, images)
+        backend.prefetch(batch)
+        groups.append((group, batch))
     return groups, unreadable, time.time() - t0
 
 
@@ -201,9 +204,9 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
             if index + 1 < len(planned):
                 pending = loader.submit(_prepare, store, params, planned[index + 1], backend)
             unreadable.update(bad)
-            for group, images in groups:
+            for group, batch in groups:
                 runner.check()
-                results.extend(_run_batch(runner, backend, params, shard, group, images, load_s, wait_s))
+                results.extend(_run_batch(runner, backend, params, shard, group, batch, load_s, wait_s))
                 image_ids.extend(item["id"] for item, _ in group)
                 wait_s = 0.0
     return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
@@ -212,16 +215,21 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
             "store": {"hits": store.hits, "misses": store.misses, "recomputed": store.recomputed}}
 
 
-def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, group: list, images, load_s: float,
-               wait_s: float = 0.0) -> list[dict]:
-    """One device call (padded to the backend's fixed batch), its timing record, its COCO results."""
+def _batch(params: JobParams, backend, group: list, images) -> InferenceBatch:
+    """The device call's input: images (padded to the backend's fixed batch), clip sizes, metas, ids."""
     metas = [entry.meta for _, entry in group]
     rows = max(backend.fixed_batch or len(group), len(group))
     clip = np.zeros((rows, 2), dtype=np.float32)
     clip[:] = (metas[0].input_h, metas[0].input_w)  # padded canvases: any valid size
     clip[:len(group)] = clip_sizes(metas)
-    batch = InferenceBatch(images=images, clip_hw=clip, metas=metas,
-                           image_ids=[item["id"] for item, _ in group], job=params.to_dict())
+    return InferenceBatch(images=images, clip_hw=clip, metas=metas,
+                          image_ids=[item["id"] for item, _ in group], job=params.to_dict())
+
+
+def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, group: list, batch: InferenceBatch,
+               load_s: float, wait_s: float = 0.0) -> list[dict]:
+    """One device call, its timing record, its COCO results."""
+    rows = len(batch.clip_hw)
     t_start = time.time()
     dets, labels = backend.infer(batch)
     t_end = time.time()

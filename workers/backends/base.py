@@ -33,6 +33,13 @@ class Backend(ABC):
     def load(self) -> None:
         """Create sessions / move weights; called once in the process that runs `infer`."""
 
+    def prefetch(self, batch: InferenceBatch) -> None:
+        """Start moving a batch that `infer` will get next toward the device (a GPU backend copies it now).
+
+        Called from the worker's loader thread, ahead of `infer` and while the batch before runs;
+        it must not wait for the device's current work. The default does nothing.
+        """
+
     @abstractmethod
     def infer(self, batch: InferenceBatch) -> tuple[np.ndarray, np.ndarray]:
         """dets float32 [B, 100, 5] (x1, y1, x2, y2, score, network-input frame), labels int64 [B, 100].

@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate Faster R-CNN R50-FPN-DCN on COCO across many devices: box AP, device FPS, "
                     "end-to-end FPS.",
         epilog="examples:\n  python -m orchestrator submit --batch 8\n  python -m orchestrator selftest\n"
-               "  python -m orchestrator status --broker redis://head:6379/0",
+               "  python -m orchestrator submit --batch 1,4,8,16 --dashboard\n"
+               "  python -m orchestrator status --broker redis://head:6379/0\n"
+               "  python -m orchestrator cancel JOB --broker redis://head:6379/0\n"
+               "  python -m orchestrator resume JOB --broker redis://head:6379/0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

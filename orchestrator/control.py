@@ -43,7 +43,8 @@ def cancel_job(state: JobState, job_id: str) -> dict:
         raise KeyError(job_id)
     if status == "done":
         return {"status": status, "removed": 0, "revoked": 0, "changed": False}
-    fields = {} if status == "cancelled" else {"t_cancelled": time.time()}
+    fields = {} if status == "cancelled" else {
+        "t_cancelled": time.time(), "error": "cancelled (`resume` runs the shards without a result)"}
     state.set_status(job_id, "cancelled", **fields)  # first: whatever is delivered from now on is a no-op
     removed = remove_queued(state.r, queued_tasks(state.r, QUEUES, job_id))
     ids = sorted(state.r.smembers(tasks_key(job_id)))

@@ -1,6 +1,13 @@
-"""The PyTorch model itself (eager) on CPU or a CUDA device: the reference every export is checked against."""
+"""The PyTorch model itself (eager) on CPU or a CUDA device: the reference every export is checked against.
+
+On `cuda:N` the weights are moved once (in `load`, in the worker process), each batch goes through
+pinned host memory with a non-blocking copy on a side stream (`prefetch` starts it while the device
+still runs the batch before), and `--precision fp16` runs the model under autocast with the parts
+listed in workers/backends/torch_precision.py kept in float32. On the CPU it runs float32 only.
+"""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +40,10 @@ class TorchBackend(Backend):
             raise ValueError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)} (--precision)")
         if precision == "fp16" and self.device == "cpu":
             raise ValueError("fp16 needs a CUDA device; the torch backend runs fp32 on cpu (--precision)")
-        if precision == "fp16":
-            raise ValueError("fp16 is not available in the torch backend yet; use fp32 (--precision)")
         self.precision = precision
         self.model = None
+        self.staging = None  # CudaStaging on cuda:N
+        self.float32_modules: list[str] = []
 
     def load(self) -> None:
         import torch
@@ -50,7 +57,22 @@ class TorchBackend(Backend):
             # fp32 means fp32: no TF32 rounding in cuDNN convolutions or matmuls (this process owns the device).
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
-        self.model = load_detector(self.model_path, self.device)
+            # fp32 keeps cuDNN's default algorithms (closest to the CPU's results); fp16 lets cuDNN time its own
+            torch.backends.cudnn.benchmark = self.precision == "fp16"
+            torch.cuda.set_device(torch.device(self.device))
+        model = load_detector(self.model_path, self.device)
+        if self.precision == "fp16":
+            from workers.backends.torch_precision import keep_float32
+            self.float32_modules = keep_float32(model)
+        if self.device.startswith("cuda"):
+            from workers.backends.cuda_staging import CudaStaging
+            self.staging = CudaStaging(torch.device(self.device))
+        self.model = model
+
+    def prefetch(self, batch: InferenceBatch) -> None:
+        """Start copying this batch to the device now (pinned, non-blocking, side stream); a no-op on the CPU."""
+        if self.staging is not None and batch.images is not None:
+            self.staging.prefetch(batch.images, np.asarray(batch.clip_hw, dtype=np.float32))
 
     def infer(self, batch: InferenceBatch) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -59,10 +81,22 @@ class TorchBackend(Backend):
             raise RuntimeError("TorchBackend.infer called before load()")
         if batch.images is None:
             raise ValueError("the torch backend needs the batch's pixels (images is None)")
-        images = torch.from_numpy(np.ascontiguousarray(batch.images, dtype=np.float32)).to(self.device)
-        clip_hw = torch.from_numpy(np.ascontiguousarray(batch.clip_hw, dtype=np.float32)).to(self.device)
-        with torch.inference_mode():
-            dets, labels = self.model(images, clip_hw)
+        if self.staging is None:
+            images = torch.from_numpy(np.ascontiguousarray(batch.images, dtype=np.float32))
+            clip_hw = torch.from_numpy(np.ascontiguousarray(batch.clip_hw, dtype=np.float32))
+            with torch.inference_mode():
+                dets, labels = self.model(images, clip_hw)
+            return (dets.float().numpy().reshape(-1, MAX_DETS, 5),
+                    labels.numpy().astype(np.int64).reshape(-1, MAX_DETS))
+        slot = self.staging.take(batch.images, np.asarray(batch.clip_hw, dtype=np.float32))
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.precision == "fp16"
+                    else contextlib.nullcontext())
+        try:
+            with torch.inference_mode(), torch.cuda.device(self.device), autocast:
+                dets, labels = self.model(slot.images, slot.clip_hw)
+        finally:
+            self.staging.release(slot)  # reusable once the work queued on the compute stream is done
+        # the device-to-host copies wait for the forward: the device call ends here
         return (dets.float().cpu().numpy().reshape(-1, MAX_DETS, 5),
                 labels.cpu().numpy().astype(np.int64).reshape(-1, MAX_DETS))
 
@@ -74,6 +108,11 @@ class TorchBackend(Backend):
                  "precision": self.precision, "torch": torch.__version__, "torchvision": torchvision.__version__}
         if self.device.startswith("cuda") and torch.cuda.is_available():
             facts["device_name"] = torch.cuda.get_device_name(int(self.device.split(":")[1]))
+            facts["copies"] = "pinned host buffers, non-blocking copy on a side stream, next batch prefetched"
+            if self.precision == "fp16":
+                facts["fp16"] = "autocast float16; float32 kept in " + ", ".join(self.float32_modules)
+            if self.staging is not None:
+                facts["prefetched_batches"] = self.staging.prefetched
         else:
             facts["threads"] = torch.get_num_threads()
         return facts
@@ -82,6 +121,9 @@ class TorchBackend(Backend):
         if self.model is None:
             return
         self.model = None
+        if self.staging is not None:
+            self.staging.close()
+            self.staging = None
         if self.device.startswith("cuda"):
             import torch
             torch.cuda.empty_cache()

@@ -11,6 +11,7 @@ checkpoint is written to a temporary folder (speed does not depend on the weight
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -89,6 +90,8 @@ def main() -> int:
                 torch_s = timed(run_torch, args.reps) / batch
                 ort_s = timed(run_ort, args.reps) / batch
                 print(f"{size:<5} {batch:<6} {torch_s:<14.3f} {ort_s:<20.3f} {torch_s / ort_s:.2f}", flush=True)
+                # other processes on the same cores skew both columns: say how busy the machine was
+                print(f"  load average (1 min) after this row: {os.getloadavg()[0]:.1f}", file=sys.stderr)
     return 0
 
 

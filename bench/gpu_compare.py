@@ -109,11 +109,11 @@ def run_like_the_worker(backend, batches) -> tuple[list[tuple[np.ndarray, np.nda
     if batches:
         backend.prefetch(batches[0])
     for i, batch in enumerate(batches):
+        if i + 1 < len(batches):  # the loader hands over the next batch while this one runs; here: just before
+            backend.prefetch(batches[i + 1])
         t0 = time.perf_counter()
         dets, labels = backend.infer(batch)
         seconds.append(time.perf_counter() - t0)
-        if i + 1 < len(batches):  # the loader prepares the next batch while this one runs; here: right after
-            backend.prefetch(batches[i + 1])
         results.extend((dets[j], labels[j]) for j in range(len(batch.image_ids)))
     return results, seconds
 

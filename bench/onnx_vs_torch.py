@@ -1,18 +1,17 @@
 """Seconds per image: the PyTorch model (eager) vs its ONNX export in ONNX Runtime, on the CPU, in one run.
 
-    .venv/bin/python bench/onnx_vs_torch.py [--checkpoint CKPT] [--sizes 512 800 1216] [--batches 1 4] [--reps 2]
+    .venv/bin/python bench/onnx_vs_torch.py [--checkpoint CKPT] [--sizes 512 800 1216] [--batches 1 4] [--reps 3]
 
 For each static canvas size the model is exported once (dynamic batch, not timed), then for each
 batch size both run one warm-up batch and --reps timed batches of the same images (the oracle's
-photographs when present); the median batch time divided by the batch size is printed, with the
-ratio torch / ONNX Runtime. Both use --threads CPU threads. Without --checkpoint a random
+photographs when present), alternately; the fastest batch time divided by the batch size is
+printed, with the ratio torch / ONNX Runtime. Both use --threads CPU threads. Without --checkpoint a random
 checkpoint is written to a temporary folder (speed does not depend on the weights' values).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -40,15 +39,21 @@ def inputs_for(size: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), clip_sizes(list(metas))
 
 
-def timed(fn, reps: int) -> float:
-    """Median seconds of `reps` calls after one warm-up call."""
-    fn()
-    times = []
+def timed_pair(first, second, reps: int) -> tuple[float, float]:
+    """Fastest of `reps` calls of each, alternated after one warm-up call each.
+
+    Alternating exposes both to the same machine conditions; the fastest call is the least disturbed
+    by other processes on shared cores.
+    """
+    first()
+    second()
+    times: tuple[list, list] = ([], [])
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
 def main() -> int:
@@ -56,7 +61,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", help="mmdet .pth (default: a random one)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 800, 1216])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,7 +72,7 @@ def main() -> int:
         checkpoint = args.checkpoint or write_random_checkpoint(Path(tmp) / "random.pth")
         detector = load_detector(checkpoint)
         print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads, "
-              f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.reps} timed batches each",
+              f"CPU capability {torch.backends.cpu.get_cpu_capability()}, fastest of {args.reps} batches each",
               file=sys.stderr)
         print("size  batch  torch s/image  onnxruntime s/image  torch/onnxruntime")
         for size in args.sizes:
@@ -87,8 +92,7 @@ def main() -> int:
                 def run_ort():
                     session.run(["dets", "labels"], {"input": images, "clip_hw": clip})
 
-                torch_s = timed(run_torch, args.reps) / batch
-                ort_s = timed(run_ort, args.reps) / batch
+                torch_s, ort_s = (t / batch for t in timed_pair(run_torch, run_ort, args.reps))
                 print(f"{size:<5} {batch:<6} {torch_s:<14.3f} {ort_s:<20.3f} {torch_s / ort_s:.2f}", flush=True)
                 # other processes on the same cores skew both columns: say how busy the machine was
                 print(f"  load average (1 min) after this row: {os.getloadavg()[0]:.1f}", file=sys.stderr)

@@ -68,6 +68,7 @@ class OnnxRuntimeBackend(Backend):
         self.choice: ProviderChoice | None = None
         self.provider_line = ""
         self.bound: BoundRun | None = None
+        self.pid: int | None = None  # the process that created the session
 
     def load(self) -> None:
         import onnxruntime as ort
@@ -81,6 +82,7 @@ class OnnxRuntimeBackend(Backend):
         if choice.cache_dir:
             os.makedirs(choice.cache_dir, exist_ok=True)
         self.session = ort.InferenceSession(self.model_path, providers=choice.providers)
+        self.pid = os.getpid()
         self.providers = self.session.get_providers()
         self.choice, self.provider_line = choice, choice.line(self.providers)
         if choice.io_device == "cuda" and CUDA not in self.providers:
@@ -99,6 +101,9 @@ class OnnxRuntimeBackend(Backend):
             self.bound = BoundRun(self.session, "cuda", choice.device_id)
 
     def infer(self, batch: InferenceBatch) -> tuple[np.ndarray, np.ndarray]:
+        if self.pid != os.getpid():
+            raise RuntimeError(f"the onnxruntime session was created in process {self.pid}, not this one: "
+                               "create the backend in the worker process, after any fork")
         feeds = {self.input_name: np.ascontiguousarray(batch.images, dtype=np.float32)}
         if self.feeds_clip:
             feeds["clip_hw"] = np.ascontiguousarray(batch.clip_hw, dtype=np.float32)

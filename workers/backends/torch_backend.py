@@ -8,6 +8,7 @@ listed in workers/backends/torch_precision.py kept in float32. On the CPU it run
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class TorchBackend(Backend):
         self.model = None
         self.staging = None  # CudaStaging on cuda:N
         self.float32_modules: list[str] = []
+        self.pid: int | None = None  # the process whose CUDA context holds the weights
 
     def load(self) -> None:
         import torch
@@ -67,7 +69,7 @@ class TorchBackend(Backend):
         if self.device.startswith("cuda"):
             from workers.backends.cuda_staging import CudaStaging
             self.staging = CudaStaging(torch.device(self.device))
-        self.model = model
+        self.model, self.pid = model, os.getpid()
 
     def prefetch(self, batch: InferenceBatch) -> None:
         """Start copying this batch to the device now (pinned, non-blocking, side stream); a no-op on the CPU."""
@@ -88,6 +90,9 @@ class TorchBackend(Backend):
                 dets, labels = self.model(images, clip_hw)
             return (dets.float().numpy().reshape(-1, MAX_DETS, 5),
                     labels.numpy().astype(np.int64).reshape(-1, MAX_DETS))
+        if self.pid != os.getpid():
+            raise RuntimeError(f"the model was moved to {self.device} in process {self.pid}, not this one: "
+                               "create the backend in the worker process, after any fork")
         slot = self.staging.take(batch.images, np.asarray(batch.clip_hw, dtype=np.float32))
         autocast = (torch.autocast("cuda", dtype=torch.float16) if self.precision == "fp16"
                     else contextlib.nullcontext())

@@ -178,3 +178,12 @@ def test_bound_run_equals_a_plain_run_and_reuses_its_buffers(tiny_onnx):
         if n == 2 and before:
             assert bound.buffers["input"] is before["input"]  # same shape: the device buffer is reused
     assert tuple(bound.buffers["input"].shape()) == (3, 3, 64, 96)  # a new shape got a new buffer
+
+
+def test_a_session_is_used_only_in_the_process_that_created_it(tiny_onnx):
+    backend = OnnxRuntimeBackend(tiny_onnx, "cpu:0")
+    backend.load()
+    backend.infer(batch_of(1))
+    backend.pid = os.getpid() + 1  # as in a child forked after load()
+    with pytest.raises(RuntimeError, match="create the backend in the worker process, after any fork"):
+        backend.infer(batch_of(1))

@@ -104,6 +104,10 @@ def test_kill_9_mid_shard_redelivers_to_a_survivor_and_the_lease_is_taken_over(r
     holder = lease_record(state, "cpu:4")
     assert holder["pid"] == standby.pid and holder["fence"] == 2  # the dead lease expired and was taken over
     assert "took cpu:4" in processes.log(standby)
-    gave_back = [line for p in processes.procs for line in processes.log(p).splitlines()
-                 if f"gave back shard {shard} of job {job}" in line]
-    assert len(gave_back) == 1  # exactly one reaper claimed it
+    lines = [line for p in processes.procs for line in processes.log(p).splitlines()]
+    gave_back = [line for line in lines if f"gave back shard {shard} of job {job}" in line]
+    reissued = [line for line in lines if f"shard {shard} of job {job} given to a second device" in line]
+    assert len(gave_back) <= 1  # never two reapers for one expired lease
+    # the straggler rule may see the dead worker's shard as overdue before its lease expires: it then
+    # puts the shard back first (once), and the reaper finds it written or gives it back once
+    assert len(gave_back) + len(reissued) >= 1 and len(reissued) <= 1

@@ -13,7 +13,7 @@ from workers.reaper import STRAGGLER_CHECK_S
 from workers.stragglers import STRAGGLER_FACTOR, STRAGGLER_SLACK_S
 
 LATENCY_S = 0.1
-STALL_S = 15.0
+STALL_S = 10.0
 DEVICES = ("cpu:0", "cpu:1", "cpu:2")
 
 

@@ -164,9 +164,9 @@ def run_job(rack: Rack, ann: Path, backend: str, store: str, ideal_s: float) -> 
            "wait_note": report["metrics"].get("tensor_wait_note", "")}
     if RECORDS:
         RECORDS.mkdir(parents=True, exist_ok=True)
-        (RECORDS / f"{n}dev-{params.backend.replace(':', '_').replace(',', '_').replace('@', '_')}"
-                   f"-{len(images)}.json").write_text(json.dumps({"out": out, "batches": records,
-                                                                   "shard_times": state.shard_times(params.job_id, 100000)}))
+        name = f"{n}dev-{params.backend.replace(':', '_').replace(',', '_').replace('@', '_')}-{len(images)}.json"
+        (RECORDS / name).write_text(json.dumps({"out": out, "batches": records,
+                                                "shard_times": state.shard_times(params.job_id, 100000)}))
     state.r.delete(*list(state.r.scan_iter(f"job:{params.job_id}*", count=1000)))  # keep Redis small
     return out
 

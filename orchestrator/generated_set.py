@@ -74,7 +74,10 @@ def make_detections(annotations: dict, per_image: int = DETECTIONS_PER_IMAGE, se
                 x, y, bw, bh = a["bbox"]
                 j = rng.normal(0, 0.08, 4) * [bw, bh, bw, bh]
                 boxes.append([x + j[0], y + j[1], x + bw + j[2], y + bh + j[3]])
-                cats.append(a["category_id"] if rng.random() < 0.9 else int(COCO_CATEGORY_IDS[int(rng.integers(0, 80))]))
+                cat = a["category_id"]
+                if rng.random() >= 0.9:  # a wrong class now and then
+                    cat = int(COCO_CATEGORY_IDS[int(rng.integers(0, 80))])
+                cats.append(cat)
         while len(boxes) < n:  # false positives
             x, y, bw, bh = _box(rng, w, h)
             boxes.append([x, y, x + bw, y + bh])

@@ -121,8 +121,14 @@ def run_config(key, args, checkpoint, onnx_path, inputs, reference, generated, b
                 row.setdefault("skipped", []).append(f"batch {b}: time budget")
                 continue
             pool = [compare.make_batches(_cycled(images, b, i), _cycled(clip, b, i), b)[0] for i in range(2)]
-            with probe.section() as peak:
-                row["fps"][b] = measure(backend, pool, args.warmup, args.seconds)["fps"]
+            try:
+                with probe.section() as peak:
+                    row["fps"][b] = measure(backend, pool, args.warmup, args.seconds)["fps"]
+            except Exception as exc:  # out of memory at a large batch, say: the smaller ones still count
+                row["fps"][b] = None
+                row.setdefault("skipped", []).append(f"batch {b}: {exc.__class__.__name__}: {exc}"[:300])
+                probe.release_cache()
+                continue
             row["peak_mib"][b] = peak.mib
             print(f"  {row['label']} batch {b}: {row['fps'][b]:.2f} FPS, peak {peak.mib or 0:.0f} MiB", file=sys.stderr)
         if reference is not None:
@@ -217,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         runnable = {k: why_not(k, args.device) for k in args.configs}
         onnx_path = _export(checkpoint, tmp, args.size) if any(
             CONFIGS[k][1] == "onnxruntime" and not why for k, why in runnable.items()) else None
+        _start_cuda(args.device)  # the context exists before the first baseline, so no row is charged for it
         rows = []
         for key in args.configs:
             if runnable[key]:
@@ -228,12 +235,24 @@ def main(argv: list[str] | None = None) -> int:
                                        budget_end))
             except Exception as exc:  # one configuration failing must not hide the others
                 rows.append({"key": key, "label": label(key, args.device), "error": f"{exc.__class__.__name__}: {exc}"})
+            if args.json:  # as it goes, in case the run is cut short
+                _write_json(args, rows)
     name = _device_name(args.device)
     print(render(rows, args.batches, name, args.size))
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "size": args.size, "batches": args.batches,
-                                               "rows": rows, "seed": dict(SEED_ROWS)}, indent=1, default=str))
+        _write_json(args, rows, name)
     return 0
+
+
+def _write_json(args, rows: list[dict], name: str = "") -> None:
+    Path(args.json).write_text(json.dumps({"device": name or args.device, "size": args.size, "batches": args.batches,
+                                           "rows": rows, "seed": dict(SEED_ROWS)}, indent=1, default=str))
+
+
+def _start_cuda(device: str) -> None:
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.zeros(1, device=device)
 
 
 def _random_checkpoint(tmp: Path) -> Path:

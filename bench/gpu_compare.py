@@ -159,7 +159,10 @@ class GeneratedSet:
     def average_precision(self, detections, annotation: Path | None = None) -> float:
         """COCO box AP against the set's annotations, or against `annotation` (see `as_ground_truth`)."""
         from tasks.coco_eval import evaluate
-        return evaluate(str(annotation or self.annotation), self.results(detections))["stats"]["AP"]
+        results = self.results(detections)
+        if annotation is not None:  # boxes clipped to nothing cannot be matched: left out on both sides
+            results = [r for r in results if r["bbox"][2] > 0 and r["bbox"][3] > 0]
+        return evaluate(str(annotation or self.annotation), results)["stats"]["AP"]
 
     def as_ground_truth(self, detections, path: Path, min_score: float = 0.3) -> Path | None:
         """Another backend's detections scoring >= min_score as an annotation file (None when there are none).
@@ -173,7 +176,8 @@ class GeneratedSet:
         data = json.loads(Path(self.annotation).read_text())
         anns = [{"id": k + 1, "image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["bbox"],
                  "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
-                for k, r in enumerate(r for r in self.results(detections) if r["score"] >= min_score)]
+                for k, r in enumerate(r for r in self.results(detections)
+                                      if r["score"] >= min_score and r["bbox"][2] > 0 and r["bbox"][3] > 0)]
         if not anns:
             return None
         data["annotations"] = anns

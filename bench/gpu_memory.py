@@ -77,6 +77,12 @@ class PeakMemory:
             thread.join()
             reading.mib = (max(peak[0], self._used()) - self.base) / MIB
 
+    def release_cache(self) -> None:
+        """Give torch's cached blocks back (after an out-of-memory error, say)."""
+        if self.torch_device is not None:
+            import torch
+            torch.cuda.empty_cache()
+
     def release(self) -> None:
         """After the backend is closed: give torch's cached blocks back, so the next baseline is clean."""
         if self.torch_device is not None:

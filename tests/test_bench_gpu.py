@@ -82,3 +82,16 @@ def test_table_puts_the_seed_rows_beside_the_measured_ones():
     assert next(line for line in lines if line.startswith("Ascend 310P")).split()[3:] == ["7.41", "8.81"]
     assert lines[-1] == "best: torch fp16 at batch 1, 90.00 FPS = 16.7x the T4's batch-1 figure; " \
                         "torch fp32 at batch 1: 11.1x"
+
+
+def test_agreement_ap_is_one_for_the_same_detections_and_less_for_moved_ones(tmp_path, tiny_onnx):
+    pytest.importorskip("pycocotools")
+    compare = sys.modules["gpu_compare"]
+    generated = compare.GeneratedSet(tmp_path / "set", 4, 128)
+    backend = CountingBackend(tiny_onnx)
+    detections, _ = compare.run_like_the_worker(backend, compare.make_batches(generated.images, generated.clip, 2))
+    truth = generated.as_ground_truth(detections, tmp_path / "gt.json")
+    assert truth is not None and generated.average_precision(detections, truth) == pytest.approx(1.0)
+    moved = [(d + np.array([30, 30, 30, 30, 0], np.float32) * (lab[:, None] >= 0), lab) for d, lab in detections]
+    assert generated.average_precision(moved, truth) < 0.5
+    assert 0.0 <= generated.average_precision(detections) <= 1.0  # against the set's own boxes

@@ -162,7 +162,7 @@ class GeneratedSet:
         results = self.results(detections)
         if annotation is not None:  # boxes clipped to nothing cannot be matched: left out on both sides
             results = [r for r in results if r["bbox"][2] > 0 and r["bbox"][3] > 0]
-        return evaluate(str(annotation or self.annotation), results)["stats"]["AP"]
+        return evaluate(str(annotation or self.annotation), results, evaluator="pycocotools")["stats"]["AP"]
 
     def as_ground_truth(self, detections, path: Path, min_score: float = 0.3) -> Path | None:
         """Another backend's detections scoring >= min_score as an annotation file (None when there are none).

@@ -186,6 +186,7 @@ def cuda_attestation(gpu_text: str | None, apps_text: str | None, own_pid: int,
         detail += f", other compute processes {len(apps)}: {listed}"
     else:
         detail += ", other compute processes 0"
+    detail += f" ({rule})"  # the report shows the detail: the rule goes with the reading
     return {"idle": idle, "detail": detail, "rule": rule, "utilisation": util, "memory_used_mib": used,
             "memory_total_mib": total, "processes": apps}
 

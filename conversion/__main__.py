@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from conversion.errors import UsageError
+
 # (module, what it does); a module registers its own subcommand and sets `func` on its parser.
 COMMAND_MODULES = (
     "conversion.predict",
@@ -13,10 +15,6 @@ COMMAND_MODULES = (
     "conversion.onnx2om",
     "conversion.verify",
 )
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line `error: ...` with exit 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the copy imported as `conversion.__main__`: the subcommands raise that module's UsageError.
-    from conversion.__main__ import main as package_main
-
-    sys.exit(package_main())
+    sys.exit(main())

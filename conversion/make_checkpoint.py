@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from conversion.errors import UsageError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -20,7 +22,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.__main__ import UsageError
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise UsageError(f"output folder does not exist ({args.out})")

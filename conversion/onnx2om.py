@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conversion.__main__ import UsageError
+from conversion.errors import UsageError
 
 ASCEND_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 ATC_LOG_LEVELS = ("debug", "info", "warning", "error", "null")

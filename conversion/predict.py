@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from conversion.errors import UsageError
 from model.config import PREPROCESS
 from model.preprocess import SIZE_MODES, ImageReadError, clip_sizes, load_image, preprocess
 
@@ -46,7 +47,6 @@ def image_id_for(path: str, index: int) -> int:
 def _device(spec: str):
     import torch
 
-    from conversion.__main__ import UsageError
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
@@ -59,7 +59,6 @@ def _device(spec: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from conversion.__main__ import UsageError
     if args.size_mode == "static" and (args.input_size < 64 or args.input_size % 32):
         raise UsageError(f"input size must be a multiple of 32 and at least 64, got {args.input_size} (--input-size)")
     images = []

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from conversion.__main__ import UsageError
+from conversion.errors import UsageError
 
 DEFAULT_SIZE = 1216
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.__main__ import UsageError
+from conversion.errors import UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 

@@ -31,11 +31,7 @@ class RPNHead(nn.Module):
         cfg = self.cfg
         scores, deltas, anchors, levels = [], [], [], []
         for level, feat in enumerate(feats):
-            batch, _, h, w = feat.shape
-            t = F.relu(self.rpn_conv(feat))
-            score = self.rpn_cls(t).permute(0, 2, 3, 1).reshape(batch, -1).sigmoid()
-            delta = self.rpn_reg(t).permute(0, 2, 3, 1).reshape(batch, -1, 4)
-            anchor = self.anchor_generator.grid_anchors(level, h, w).expand(batch, -1, -1)
+            score, delta, anchor = self.level_outputs(feat, level)
             score, index = level_top_k(score, cfg.rpn_nms_pre)
             scores.append(score)
             deltas.append(gather_rows(delta, index))
@@ -46,6 +42,16 @@ class RPNHead(nn.Module):
                               cfg.max_ratio, clip_hw).squeeze(2)
         keep = batched_nms_padded(boxes, scores, torch.cat(levels), None, cfg.rpn_nms_iou, cfg.rpn_nms_post)
         return gather_rows(boxes, keep), gather_rows(scores, keep), keep >= 0
+
+
+    def level_outputs(self, feat: Tensor, level: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Objectness [B, N] (sigmoid), deltas [B, N, 4] and anchors [B, N, 4] of one level, in (H, W, A) order."""
+        batch, _, h, w = feat.shape
+        t = F.relu(self.rpn_conv(feat))
+        score = self.rpn_cls(t).permute(0, 2, 3, 1).reshape(batch, -1).sigmoid()
+        delta = self.rpn_reg(t).permute(0, 2, 3, 1).reshape(batch, -1, 4)
+        anchor = self.anchor_generator.grid_anchors(level, h, w).expand(batch, -1, -1)
+        return score, delta, anchor
 
 
 def level_top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -11,7 +11,6 @@ import contextlib
 import types
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.onnx import symbolic_helper as sh
 
@@ -123,11 +122,7 @@ def rpn_forward(self, feats: list[Tensor], clip_hw: Tensor) -> tuple[Tensor, Ten
     cfg = self.cfg
     boxes, scores, valid = [], [], []
     for level, feat in enumerate(feats):
-        batch, _, h, w = feat.shape
-        t = F.relu(self.rpn_conv(feat))
-        score = self.rpn_cls(t).permute(0, 2, 3, 1).reshape(batch, -1).sigmoid()
-        delta = self.rpn_reg(t).permute(0, 2, 3, 1).reshape(batch, -1, 4)
-        anchor = self.anchor_generator.grid_anchors(level, h, w).expand(batch, -1, -1)
+        score, delta, anchor = self.level_outputs(feat, level)
         score, index = level_top_k(score, cfg.rpn_nms_pre)
         box = decode_deltas(take_rows(anchor, index), take_rows(delta, index), cfg.rpn_stds, cfg.max_ratio,
                             clip_hw)  # [B, k, 1, 4]

@@ -6,11 +6,13 @@ which gives exactly the bytes of preprocessing in one go.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -139,10 +141,29 @@ class TensorStore:
             raise ImageReadError(f"cannot read image ({image_path}): {exc.strerror or exc}") from exc
         key = fingerprint(image_bytes, size_mode, static_size)
         entry = self.get(key, pixels)
-        if entry is not None:
-            self.hits += 1
-            return entry
-        self.misses += 1
-        resized, meta = resize_image(load_image(image_path), size_mode, static_size)
-        self.put(key, resized, meta)
-        return StoreEntry(meta, resized if pixels else None)
+        if entry is None:
+            with self._claim(key):  # one process makes an entry; one that missed it meanwhile waits, then reads it
+                entry = self.get(key, pixels)
+                if entry is None:
+                    self.misses += 1
+                    resized, meta = resize_image(load_image(image_path), size_mode, static_size)
+                    self.put(key, resized, meta)
+                    return StoreEntry(meta, resized if pixels else None)
+        self.hits += 1
+        return entry
+
+    @contextmanager
+    def _claim(self, key: str):
+        """An exclusive flock on `.<key>.lock` beside the entry; the kernel drops it if its holder dies."""
+        if self.root is None:
+            yield
+            return
+        lock = self.path(key).with_name(f".{key}.lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # still held: whoever misses from now on finds the entry, or makes it
+            os.close(fd)

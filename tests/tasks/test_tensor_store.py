@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import threading
 
 import cv2
 import numpy as np
 import pytest
 
-from model.preprocess import ImageReadError, load_image, preprocess
+from model.preprocess import ImageReadError, load_image, preprocess, resize_image
 from tasks import store as store_module
 from tasks.store import TensorStore, fingerprint
 
@@ -123,3 +126,43 @@ def test_absent_or_undecodable_image_raises(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(ImageReadError, match="broken.jpg"):
         TensorStore(tmp_path / "store").load(path, "static", 1216)
+
+
+def test_a_second_loader_waits_for_the_entry_being_made_instead_of_making_it_again(tmp_path, image):
+    maker, waiter = TensorStore(tmp_path / "store"), TensorStore(tmp_path / "store")
+    key = fingerprint(image.read_bytes(), "static", 320)
+    done = []
+    with maker._claim(key):  # the maker has missed and is preprocessing the image
+        thread = threading.Thread(target=lambda: done.append(waiter.load(image, "static", 320)))
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and not done  # the waiter missed too, and waits rather than preprocessing
+        resized, meta = resize_image(load_image(image), "static", 320)
+        maker.put(key, resized, meta)
+    thread.join(10)
+    assert (waiter.hits, waiter.misses) == (1, 0) and np.array_equal(done[0].resized, resized)
+    assert [p.suffix for p in entries(tmp_path / "store")] == [".img"]  # the lock file is gone
+
+
+def test_a_claim_held_by_a_killed_process_is_released(tmp_path, image):
+    store = TensorStore(tmp_path / "store")
+    key = fingerprint(image.read_bytes(), "static", 320)
+    lock = store.path(key).with_name(f".{key}.lock")
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()  # dies mid-preprocessing: no entry, a stale lock file
+    holder.wait()
+    entry = store.load(image, "static", 320)
+    assert (store.hits, store.misses) == (0, 1) and entry.meta.input_h == 320
+    assert [p.suffix for p in entries(tmp_path / "store")] == [".img"]
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+

@@ -1,6 +1,7 @@
 """Tensor store: fingerprint, atomic writes, bit-exact inputs on load, corruption detected and recomputed."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -157,6 +158,16 @@ def test_a_claim_held_by_a_killed_process_is_released(tmp_path, image):
     assert (store.hits, store.misses) == (0, 1) and entry.meta.input_h == 320
     assert [p.suffix for p in entries(tmp_path / "store")] == [".img"]
 
+
+
+def test_a_filesystem_without_locks_still_gets_its_entry(tmp_path, image, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(store_module.fcntl, "flock", no_locks)
+    store = TensorStore(tmp_path / "store")
+    store.load(image, "static", 320)
+    assert store.load(image, "static", 320).meta.input_h == 320 and (store.hits, store.misses) == (1, 1)
+    assert [p.suffix for p in entries(tmp_path / "store")] == [".img"]
 
 HOLD_LOCK = """
 import fcntl, os, sys, time

@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from conversion import make_checkpoint, onnx2om, predict, pth2onnx, verify
 from conversion.errors import UsageError
 
-# (module, what it does); a module registers its own subcommand and sets `func` on its parser.
-COMMAND_MODULES = (
-    "conversion.predict",
-    "conversion.make_checkpoint",
-    "conversion.pth2onnx",
-    "conversion.onnx2om",
-    "conversion.verify",
-)
+# Each module registers its own subcommand and sets `func` on its parser.
+COMMAND_MODULES = (predict, make_checkpoint, pth2onnx, onnx2om, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,13 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

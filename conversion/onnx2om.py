@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from conversion.errors import UsageError
+from model.config import PREPROCESS
 
 ASCEND_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 ATC_LOG_LEVELS = ("debug", "info", "warning", "error", "null")
@@ -127,7 +128,7 @@ def plan(args) -> list[str]:
                     raise UsageError(f"input `{name}` has a symbolic dimension ATC cannot fix ({args.onnx})")
     if batch is None:
         raise UsageError("the batch size is not fixed in the graph: pass --batch N (--batch)")
-    size = size or (1216, 1216)
+    size = size or (PREPROCESS.static_size, PREPROCESS.static_size)
     soc = args.soc or detect_soc()
     output = args.output[:-3] if args.output.endswith(".om") else args.output
     return build_atc_command(str(onnx_path), output, soc, batch, size, args.log, extra, args.precision_mode)

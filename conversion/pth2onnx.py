@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 from conversion.errors import UsageError
-
-DEFAULT_SIZE = 1216
+from model.config import PREPROCESS
 
 
 def parse_batch(text: str) -> int | None:
@@ -96,7 +95,8 @@ def register(subparsers) -> None:
     p.add_argument("--output", required=True, help="ONNX file to write")
     p.add_argument("--target", choices=("onnxruntime", "ascend"), default="onnxruntime")
     p.add_argument("--batch", help="fixed batch N, or `dynamic` (onnxruntime only; its default)")
-    p.add_argument("--input-size", type=int, default=DEFAULT_SIZE, help=f"S of the S x S canvas (default {DEFAULT_SIZE})")
+    p.add_argument("--input-size", type=int, default=PREPROCESS.static_size,
+                   help=f"S of the S x S canvas (default {PREPROCESS.static_size})")
     p.add_argument("--nms-fp16", action="store_true",
                    help="ascend: feed BatchMultiClassNMS float16 (CANN releases before 8.0 document only float16)")
     p.add_argument("--no-check", action="store_true", help="skip loading the result in ONNX Runtime")

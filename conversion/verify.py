@@ -42,8 +42,8 @@ def find_annotation(coco: Path) -> Path:
     return found[0]
 
 
-def coco_items(coco: Path, limit: int | None) -> tuple[list[ImageItem], Path, dict]:
-    """The first `limit` images of the annotation file, their folder, and the annotation JSON."""
+def coco_items(coco: Path, limit: int | None) -> tuple[list[ImageItem], dict]:
+    """The first `limit` images of the annotation file (paths in their folder) and the annotation JSON."""
     ann_path = find_annotation(coco)
     data = json.loads(ann_path.read_text())
     name = ann_path.stem.split("_", 1)[-1]  # instances_val2017 -> val2017
@@ -51,7 +51,7 @@ def coco_items(coco: Path, limit: int | None) -> tuple[list[ImageItem], Path, di
     if not folder.is_dir():
         raise UsageError(f"no image folder {name}/ beside annotations/ ({coco})")
     images = data["images"][:limit] if limit else data["images"]
-    return [ImageItem(folder / im["file_name"], int(im["id"])) for im in images], ann_path, data
+    return [ImageItem(folder / im["file_name"], int(im["id"])) for im in images], data
 
 
 def subset_annotation(data: dict, image_ids: set[int], folder: Path) -> Path:
@@ -124,7 +124,7 @@ def run(args) -> int:
         raise UsageError(f"no such ONNX file ({args.onnx})")
     ann_data = None
     if args.coco:
-        items, _, ann_data = coco_items(Path(args.coco), args.limit)
+        items, ann_data = coco_items(Path(args.coco), args.limit)
     else:
         items = file_items(args.images, args.image, args.limit)
     try:

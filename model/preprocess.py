@@ -97,19 +97,11 @@ def resize_image(img_bgr: np.ndarray, size_mode: str, static_size: int | None = 
     return resized, meta
 
 
-def normalize(img_bgr: np.ndarray, cfg: PreprocessConfig = PREPROCESS) -> np.ndarray:
-    """BGR uint8 -> RGB float32 (v - mean) / std, as a float32 division (bit-equal to mmcv.imnormalize)."""
-    rgb = img_bgr[..., ::-1].astype(np.float32)
-    mean = np.asarray(cfg.mean, dtype=np.float32)
-    std = np.asarray(cfg.std, dtype=np.float32)
-    return (rgb - mean) / std
-
-
 def to_network_input(resized_bgr: np.ndarray, meta: ImageMeta, cfg: PreprocessConfig = PREPROCESS,
                      out: np.ndarray | None = None) -> np.ndarray:
     """float32 CHW [3, input_h, input_w]: normalised image at its offset, zeros elsewhere.
 
-    The same float32 operations as `normalize` (v - mean, then / std, per element), written
+    BGR -> RGB, then float32 (v - mean) / std per element (bit-equal to mmcv.imnormalize), written
     plane by plane straight into place: no transposed copy, only the padding is zeroed.
     """
     if out is None:

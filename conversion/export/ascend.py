@@ -8,7 +8,7 @@ does, rather than the recipe's single across-level call.
 from __future__ import annotations
 
 import contextlib
-import types
+import functools
 
 import torch
 from torch import Tensor
@@ -117,7 +117,7 @@ def ascend_nms(boxes: Tensor, scores: Tensor, score_thr: float, iou_threshold: f
     return out_boxes.float(), out_scores.float(), classes.float(), num
 
 
-def rpn_forward(self, feats: list[Tensor], clip_hw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def rpn_forward(self, feats: list[Tensor], clip_hw: Tensor, nms_fp16: bool) -> tuple[Tensor, Tensor, Tensor]:
     """RPNHead.forward with one BatchMultiClassNMS per level, then the best nms_post over all levels."""
     cfg = self.cfg
     boxes, scores, valid = [], [], []
@@ -127,7 +127,7 @@ def rpn_forward(self, feats: list[Tensor], clip_hw: Tensor) -> tuple[Tensor, Ten
         box = decode_deltas(take_rows(anchor, index), take_rows(delta, index), cfg.rpn_stds, cfg.max_ratio,
                             clip_hw)  # [B, k, 1, 4]
         k = int(score.shape[1])  # static: ATC compiles fixed shapes
-        box, score, _, num = ascend_nms(box, score[..., None], RPN_SCORE_THR, cfg.rpn_nms_iou, k, k, self.nms_fp16)
+        box, score, _, num = ascend_nms(box, score[..., None], RPN_SCORE_THR, cfg.rpn_nms_iou, k, k, nms_fp16)
         boxes.append(box)
         scores.append(score)
         valid.append(torch.arange(k, device=score.device)[None, :] < num[:, None])
@@ -169,8 +169,8 @@ def make_select_detections(fp16: bool):
 def ascend_export_mode(detector: Detector, nms_fp16: bool = False):
     """While active, `detector` computes through the Ascend ops (their reference forwards in eager mode)."""
     rpn = detector.rpn_head
-    rpn.nms_fp16 = nms_fp16
-    rpn.forward = types.MethodType(rpn_forward, rpn)  # an instance attribute shadows the class's forward
+    # An instance attribute shadows the class's forward.
+    rpn.forward = functools.partial(rpn_forward, rpn, nms_fp16=nms_fp16)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(patched(model.roi_head, "multilevel_roi_align",
@@ -178,4 +178,4 @@ def ascend_export_mode(detector: Detector, nms_fp16: bool = False):
             stack.enter_context(patched(model.roi_head, "select_detections", make_select_detections(nms_fp16)))
             yield
     finally:
-        del rpn.forward, rpn.nms_fp16
+        del rpn.forward

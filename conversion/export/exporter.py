@@ -1,7 +1,6 @@
 """Trace the Detector into an ONNX file for ONNX Runtime (standard opset 19) or for Ascend ATC."""
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import warnings
@@ -11,20 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from conversion.export.symbolics import ASCEND_DOMAIN, OPSETS, deform_conv_symbolic
+from model.config import PREPROCESS
 from model.detector import Detector
 
 TARGETS = ("onnxruntime", "ascend")
-
-
-class StandardGraph(nn.Module):
-    """ONNX Runtime graph: `input` [B,3,S,S] and `clip_hw` [B,2] -> `dets` [B,100,5], `labels` [B,100]."""
-
-    def __init__(self, detector: Detector):
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: Tensor, clip_hw: Tensor) -> tuple[Tensor, Tensor]:
-        return self.detector(images, clip_hw)
 
 
 class CanvasGraph(nn.Module):
@@ -45,6 +34,18 @@ def example_input(batch: int, size: int, seed: int = 0) -> tuple[Tensor, Tensor]
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn((batch, 3, size, size), generator=gen)
     return images, torch.full((batch, 2), float(size))
+
+
+def trace_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+               dynamic_axes: dict | None, target: str) -> onnx.ModelProto:
+    """`module` traced on `args` into ONNX with the `target`'s opset and deform_conv2d symbolic, in memory."""
+    buffer = io.BytesIO()
+    with deform_conv_symbolic(target), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values: each is covered by a test
+        torch.onnx.export(module, args, buffer, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSETS[target], do_constant_folding=True,
+                          dynamo=False)
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def to_default_domain(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -96,7 +97,7 @@ def fix_output_shapes(model: onnx.ModelProto, batch: int | None) -> onnx.ModelPr
 
 
 def export_onnx(detector: Detector, path: str | os.PathLike, target: str = "onnxruntime", batch: int | None = 1,
-                size: int = 1216, nms_fp16: bool = False) -> onnx.ModelProto:
+                size: int = PREPROCESS.static_size, nms_fp16: bool = False) -> onnx.ModelProto:
     """Write the `target` graph of `detector` to `path` and return it; batch None = dynamic batch (onnxruntime).
 
     The ONNX Runtime graph passes `onnx.checker` (full check); the Ascend graph holds ATC's custom
@@ -111,26 +112,20 @@ def export_onnx(detector: Detector, path: str | os.PathLike, target: str = "onnx
     detector = detector.eval()
     images, clip_hw = example_input(batch or 2, size)
     if target == "onnxruntime":
-        graph, args = StandardGraph(detector), (images, clip_hw)
+        graph, args = detector, (images, clip_hw)
         names = ["input", "clip_hw"]
         mode = standard_export_mode(detector.cfg)
     else:
-        graph, args = CanvasGraph(detector, size), (images,)
+        # A new wrapper module starts in training mode, and the exporter would run BN in it.
+        graph, args = CanvasGraph(detector, size).eval(), (images,)
         names = ["input"]
         from conversion.export.ascend import ascend_export_mode
         mode = ascend_export_mode(detector, nms_fp16=nms_fp16)
-    graph.eval()  # a new wrapper module starts in training mode, and the exporter would run BN in it
     dynamic = None
     if batch is None:
         dynamic = {name: {0: "batch"} for name in names + ["dets", "labels"]}
-    buffer = io.BytesIO()
-    with contextlib.ExitStack() as stack, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values: each is covered by a test
-        stack.enter_context(deform_conv_symbolic(target))
-        stack.enter_context(mode)
-        torch.onnx.export(graph, args, buffer, input_names=names, output_names=["dets", "labels"],
-                          dynamic_axes=dynamic, opset_version=OPSETS[target], do_constant_folding=True, dynamo=False)
-    model = onnx.load_from_string(buffer.getvalue())
+    with mode:
+        model = trace_onnx(graph, args, names, ["dets", "labels"], dynamic, target)
     model = fix_output_shapes(share_constants(model), batch)
     onnx.checker.check_model(model, full_check=True)
     if target == "ascend":

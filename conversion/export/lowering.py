@@ -8,19 +8,17 @@ wrong layout or attribute in the file shows up as wrong detections.
 """
 from __future__ import annotations
 
-import io
-import warnings
-
 import onnx
 import torch
 from onnx import helper, numpy_helper, version_converter
 from torchvision.ops import deform_conv2d
 
 from conversion.export.ascend import batch_multiclass_nms_reference, roi_extractor_reference
-from conversion.export.symbolics import ASCEND_DOMAIN, deform_conv_symbolic
+from conversion.export.exporter import trace_onnx
+from conversion.export.symbolics import ASCEND_DOMAIN, OPSETS
 
 CUSTOM_OPS = ("DeformableConv2D", "RoiExtractor", "BatchMultiClassNMS")
-OPSET = 19
+OPSET = OPSETS["onnxruntime"]
 
 
 def deformable_conv2d_reference(x, weight, offsets, stride, padding, dilation):
@@ -84,12 +82,7 @@ def reference_model(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) 
         raise ValueError(f"no reference for {node.op_type}")
     names = [f"in{i}" for i in range(len(example))]
     outputs = [f"out{i}" for i in range(len(node.output))]
-    buffer = io.BytesIO()
-    with deform_conv_symbolic("onnxruntime"), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(fn.eval(), example, buffer, input_names=names, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-    return onnx.load_from_string(buffer.getvalue())
+    return trace_onnx(fn.eval(), example, names, outputs, dynamic, "onnxruntime")
 
 
 def _splice(node: onnx.NodeProto, sub: onnx.ModelProto, prefix: str) -> tuple[list, list]:

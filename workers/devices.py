@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 
-DEVICE_KINDS = ("cpu", "cuda", "npu")
 IDLE_MEMORY_MB = 1024  # a card using more than this before we start is not idle
 IDLE_UTILISATION = 10  # percent
 

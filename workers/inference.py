@@ -15,7 +15,7 @@ from model.preprocess import ImageReadError, clip_sizes, plan_geometry, to_netwo
 from tasks.app import enqueue_reduce
 from tasks.params import JobParams
 from tasks.shards import input_shape, plan_batches
-from tasks.state import FINISHED, JobState
+from tasks.state import FINISHED, JobState, job_key
 from tasks.store import StoreEntry, TensorStore
 from workers.backends import create_backend
 from workers.backends.base import MAX_DETS, InferenceBatch
@@ -45,7 +45,6 @@ class ShardRunner:
         self.store_root = store_root
         self.backend = None
         self._backend_key: tuple | None = None
-        self.seq = 0  # batches since the backend was loaded (warm-up = the first few)
         self.attestation: dict | None = None  # idle check made before the lease was taken
         self.job_in_flight: str | None = None
         self.job_batches: dict[str, int] = {}
@@ -60,7 +59,7 @@ class ShardRunner:
             t0 = time.time()
             b = create_backend(backend, model, self.device, precision)
             b.load()
-            self.backend, self._backend_key, self.seq = b, key, 0
+            self.backend, self._backend_key = b, key
             log.info("loaded backend %s on %s in %.1f s", backend, self.device, time.time() - t0)
             self.state.r.hset("workers", f"{self.host}/{self.device}/{self.lease.pid}",
                               self._registration(b))
@@ -128,8 +127,8 @@ class ShardRunner:
             self.job_in_flight = None
             if self.lease.held:
                 self.lease.mark(None)
-        n_shards = int(self.state.r.hget(f"job:{job_id}", "n_shards") or 0)
-        if outcome == "written" and done == n_shards and self.state.claim_reduce(job_id):
+        if (outcome == "written" and done == int(self.state.r.hget(job_key(job_id), "n_shards") or 0)
+                and self.state.claim_reduce(job_id)):
             enqueue_reduce(job_id)
         log.info("shard %d of job %s: %d images, %s", shard, job_id, len(payload["image_ids"]), outcome)
         return {"device": self.device, "host": self.host, "images": len(payload["image_ids"]),
@@ -137,12 +136,11 @@ class ShardRunner:
 
 
 def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool, reads_images: bool = True):
-    """Entries for a planned batch: [(item, entry)], {image id: why unreadable}, seconds spent.
+    """Entries for a planned batch: [(item, entry)], {image id: why unreadable}.
 
     A backend that reads no image (sim with load=none) gets the geometry planned from the
     annotation's width and height; an image without them is read as usual.
     """
-    t0 = time.time()
     loaded, unreadable = [], {}
     for item in items:
         if not reads_images and item["w"] > 0 and item["h"] > 0:
@@ -155,7 +153,7 @@ def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool
             unreadable[str(item["id"])] = str(exc)
             continue
         loaded.append((item, entry))
-    return loaded, unreadable, time.time() - t0
+    return loaded, unreadable
 
 
 def _prepare(store: TensorStore, params: JobParams, items: list[dict], backend):
@@ -163,13 +161,12 @@ def _prepare(store: TensorStore, params: JobParams, items: list[dict], backend):
     {image id: why unreadable}, seconds spent loading and stacking. Each batch is handed to
     `backend.prefetch`, so a GPU backend copies it to the device while the one before runs."""
     t0 = time.time()
-    loaded, unreadable, _ = _load(store, params, items, backend.needs_pixels, backend.reads_images)
+    loaded, unreadable = _load(store, params, items, backend.needs_pixels, backend.reads_images)
     groups = []
     # the annotation's width/height planned the shapes; regroup by the real ones
     for group in plan_batches(loaded, backend.fixed_batch or params.batch,
                               lambda pair: (pair[1].meta.input_h, pair[1].meta.input_w)):
-        images = _stack(group, max(backend.fixed_batch or len(group), len(group))) if backend.needs_pixels else None
-        batch = _batch(params, backend, group, images)
+        batch = _batch(params, backend, group)
         backend.prefetch(batch)
         groups.append((group, batch))
     return groups, unreadable, time.time() - t0
@@ -215,10 +212,11 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
             "store": {"hits": store.hits, "misses": store.misses, "recomputed": store.recomputed}}
 
 
-def _batch(params: JobParams, backend, group: list, images) -> InferenceBatch:
+def _batch(params: JobParams, backend, group: list) -> InferenceBatch:
     """The device call's input: images (padded to the backend's fixed batch), clip sizes, metas, ids."""
     metas = [entry.meta for _, entry in group]
     rows = max(backend.fixed_batch or len(group), len(group))
+    images = _stack(group, rows) if backend.needs_pixels else None
     clip = np.zeros((rows, 2), dtype=np.float32)
     clip[:] = (metas[0].input_h, metas[0].input_w)  # padded canvases: any valid size
     clip[:len(group)] = clip_sizes(metas)
@@ -241,7 +239,6 @@ def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, grou
         "seq": runner.next_seq(params.job_id), "size": len(group), "rows": rows, "t_start": t_start, "t_end": t_end,
         "load_s": load_s, "wait_s": wait_s,
     })
-    runner.seq += 1
     out = []
     for j, (item, entry) in enumerate(group):
         out.extend(to_coco_results(dets[j], labels[j], entry.meta, item["id"]))

@@ -57,7 +57,6 @@ class DeviceLease:
 
     def __init__(self, client: redis.Redis, device: str, ttl_s: float, host: str | None = None,
                  pid: int | None = None):
-        self.r = client
         self.device = device
         self.host = host or socket.gethostname()
         self.pid = pid or os.getpid()
@@ -147,7 +146,3 @@ class DeviceLease:
         ok = bool(self.scripts.release(keys=[self.key, REGISTRY], args=[self.token]))
         self.token = None
         return ok
-
-    def holder(self) -> dict | None:
-        raw = self.r.get(self.key)
-        return json.loads(raw) if raw else None

@@ -5,13 +5,10 @@ import threading
 
 import numpy as np
 
-from tasks.app import configure
 from tasks.params import JobParams
 from tasks.shards import plan_shards, read_images
-from tasks.state import JobState, connect
 from workers.backends.base import Backend, empty_outputs
-from workers.inference import ShardRunner, run_shard
-from workers.lease import DeviceLease
+from workers.inference import run_shard
 
 
 class PrefetchRecorder(Backend):
@@ -35,19 +32,15 @@ class PrefetchRecorder(Backend):
         return empty_outputs(len(batch.images))
 
 
-def test_every_batch_is_prefetched_off_the_main_thread_before_it_runs(redis_url, selftest_set, tmp_path):
+def test_every_batch_is_prefetched_off_the_main_thread_before_it_runs(runner, selftest_set, tmp_path):
     ann, img = selftest_set
-    configure(redis_url)
-    state = JobState(connect(redis_url))
-    lease = DeviceLease(state.r, "cpu:0", 30.0, host="h")
-    lease.try_acquire()
     images = read_images(ann)
     params = JobParams(job_id="p1", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=3,
                        size_mode="static", static_size=128, store=str(tmp_path / "store"))
     (shard,) = plan_shards(images, 3, 1, "static", 128, shard_size=len(images))
-    state.create(params, [shard])
+    runner.state.create(params, [shard])
     backend = PrefetchRecorder()
-    payload = run_shard(ShardRunner(state, lease), backend, params, 0, shard)
+    payload = run_shard(runner, backend, params, 0, shard)
     assert len(payload["image_ids"]) == len(images)
     assert [id(b) for b in backend.inferred] == [id(b) for b in backend.prefetched]  # same objects, same order
     assert len(backend.inferred) == -(-len(images) // 3)

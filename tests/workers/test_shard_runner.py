@@ -26,15 +26,6 @@ def make_job(state, ann, img, tmp_path, backend="groundtruth", model="", batch=4
     return params, shards
 
 
-@pytest.fixture
-def runner(redis_url):
-    configure(redis_url)
-    state = JobState(connect(redis_url))
-    lease = DeviceLease(state.r, "cpu:0", 30.0, host="h")
-    lease.try_acquire()
-    return ShardRunner(state, lease)
-
-
 def gt_boxes(ann, image_id):
     data = json.loads(open(ann).read())
     return sorted((a["category_id"], a["bbox"]) for a in data["annotations"]

@@ -7,15 +7,14 @@ import time
 import numpy as np
 import pytest
 
-from tasks.app import configure
 from tasks.params import JobParams
 from tasks.shards import plan_shards, read_images
 from tasks.state import JobState, connect
 from workers.backends import check_spec, create_backend
 from workers.backends.base import InferenceBatch
 from workers.backends.sim import parse_sim
-from workers.inference import ShardRunner, run_shard
-from workers.lease import REGISTRY, DeviceLease
+from workers.inference import run_shard
+from workers.lease import REGISTRY
 from workers.stragglers import STRAGGLER_FACTOR, STRAGGLER_SLACK_S, reissue_stragglers, seconds_per_image
 
 
@@ -47,15 +46,6 @@ def test_stall_hits_one_device_once(selftest_set):
         stalled.infer(batch)
         seconds.append(time.perf_counter() - t0)
     assert seconds[1] >= 0.3 and seconds[0] < 0.1 and seconds[2] < 0.1
-
-
-@pytest.fixture
-def runner(redis_url):
-    configure(redis_url)
-    state = JobState(connect(redis_url))
-    lease = DeviceLease(state.r, "cpu:0", 30.0, host="h")
-    lease.try_acquire()
-    return ShardRunner(state, lease)
 
 
 def run_all(runner, ann, img, backend_spec, tmp_path, job_id):

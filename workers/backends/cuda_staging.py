@@ -45,7 +45,6 @@ class CudaStaging:
         self._staged: list[Slot] = []  # prefetched, oldest first
         self._slots = 0
         self.prefetched = 0  # batches whose copy was started ahead, and then used
-        self.staged_inline = 0
 
     def _allocate(self, shape: tuple) -> Slot:
         images_shape, clip_shape = shape
@@ -106,7 +105,6 @@ class CudaStaging:
             if slot is not None:  # same pixels, other clip sizes: stage afresh
                 self.release(slot)
             slot = self.stage(images, clip_hw)
-            self.staged_inline += 1
         slot.key = None
         torch.cuda.current_stream(self.device).wait_event(slot.copied)
         return slot

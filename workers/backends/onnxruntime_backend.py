@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.backends.base import MAX_DETS, Backend, InferenceBatch
-from workers.backends.ort_providers import CUDA, ProviderChoice, choose_providers
+from workers.backends.ort_providers import CUDA, choose_providers
 
 log = logging.getLogger("workers.backends.onnxruntime")
 OUTPUTS = ("dets", "labels")
@@ -65,7 +65,6 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = "input"
         self.feeds_clip = False
         self.providers: list[str] = []
-        self.choice: ProviderChoice | None = None
         self.provider_line = ""
         self.bound: BoundRun | None = None
         self.pid: int | None = None  # the process that created the session
@@ -84,7 +83,7 @@ class OnnxRuntimeBackend(Backend):
         self.session = ort.InferenceSession(self.model_path, providers=choice.providers)
         self.pid = os.getpid()
         self.providers = self.session.get_providers()
-        self.choice, self.provider_line = choice, choice.line(self.providers)
+        self.provider_line = choice.line(self.providers)
         if choice.io_device == "cuda" and CUDA not in self.providers:
             raise RuntimeError(f"onnxruntime could not start {CUDA} on {self.device}; it offers only "
                                f"{', '.join(self.providers)} (--device)")

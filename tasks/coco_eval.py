@@ -35,8 +35,9 @@ def check_evaluator(evaluator: str) -> str:
     return evaluator
 
 
-def evaluate(annotation_path: str, results: list[dict], evaluator: str = DEFAULT_EVALUATOR) -> dict:
-    """COCOeval bbox on every image of the annotation file: {"stats", "per_class", "evaluator", ...}.
+def evaluate(annotation: str | dict, results: list[dict], evaluator: str = DEFAULT_EVALUATOR) -> dict:
+    """COCOeval bbox on every image of the annotation file (its path, or its parsed content):
+    {"stats", "per_class", "evaluator", ...}.
 
     `stats` maps the 12 COCOeval names to floats (-1 where COCO has no ground truth for the range);
     `per_class` maps category name to AP (None where the class has no ground truth).
@@ -44,9 +45,9 @@ def evaluate(annotation_path: str, results: list[dict], evaluator: str = DEFAULT
     check_evaluator(evaluator)
     t0 = time.time()
     if evaluator == "pycocotools":
-        gt, precision, recall = _pycocotools(annotation_path, results)
+        gt, precision, recall = _pycocotools(annotation, results)
     else:
-        gt, precision, recall = _faster(annotation_path, results)
+        gt, precision, recall = _faster(annotation, results)
     stats = summarize(precision, recall)
     per_class = {}
     for k, cat_id in enumerate(sorted(gt.getCatIds())):
@@ -74,12 +75,17 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> list[float]:
     return list(ev.stats)
 
 
-def _pycocotools(annotation_path: str, results: list[dict]):
+def _pycocotools(annotation: str | dict, results: list[dict]):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(annotation_path)
+        if isinstance(annotation, dict):  # what COCO(path) does after json.load
+            gt = COCO()
+            gt.dataset = annotation
+            gt.createIndex()
+        else:
+            gt = COCO(annotation)
         if results:
             dt = gt.loadRes([dict(r) for r in results])  # loadRes adds keys in place
         else:  # loadRes refuses an empty list; no detection is a valid (zero) answer
@@ -93,17 +99,17 @@ def _pycocotools(annotation_path: str, results: list[dict]):
     return gt, ev.eval["precision"], ev.eval["recall"]
 
 
-def _faster(annotation_path: str, results: list[dict]):
-    gt, _, precision, recall = faster_curves(annotation_path, results)
+def _faster(annotation: str | dict, results: list[dict]):
+    gt, _, precision, recall = faster_curves(annotation, results)
     return gt, precision, recall
 
 
-def faster_curves(annotation_path: str, results: list[dict]):
+def faster_curves(annotation: str | dict, results: list[dict]):
     """faster-coco-eval's (gt, C++ precision, precision as pycocotools has it, recall)."""
     from faster_coco_eval import COCO, COCOeval_faster
 
     quiet = lambda *args, **kwargs: None  # noqa: E731
-    gt = COCO(annotation_path)
+    gt = COCO(annotation)  # a path, or the parsed file (a shallow copy of it)
     gt.print_function = quiet
     dt = gt.loadRes([dict(r) for r in results])
     ev = COCOeval_faster(gt, dt, "bbox", print_function=quiet)

@@ -6,10 +6,12 @@ import os
 import socket
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 from tasks.coco_eval import evaluate
 from tasks.metrics import job_metrics
-from tasks.shards import read_images
+from tasks.params import JobParams
+from tasks.shards import read_annotation
 from tasks.state import JobState
 
 MAX_IDS_IN_LINE = 20
@@ -63,37 +65,43 @@ def union_results(results: dict[int, dict]) -> list[dict]:
     return union
 
 
+@contextmanager
+def failing_job(state: JobState, job_id: str):
+    """Any error inside marks the job failed with a one-line reason, then propagates: a report must say
+    why it has no AP, never hang the job."""
+    try:
+        yield
+    except Exception as exc:
+        state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
+        raise
+
+
 def reduce_job(state: JobState, job_id: str, evaluator: str | None = None) -> dict:
     """Read every shard result, check coverage, evaluate, save the report and finish the job (one go)."""
     params = state.params(job_id)
     t_reduce_start = float(state.summary(job_id).get("t_reduce_start") or time.time())
     state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
-    try:
-        expected = [im["id"] for im in read_images(params.annotation)]
+    with failing_job(state, job_id):
+        annotation, images = read_annotation(params.annotation)
         results = state.results(job_id)
-        coverage = check_coverage(expected, state.all_shards(job_id), results)
-        union = union_results(results)
-    except Exception as exc:  # a report must say why it has no AP, never hang the job
-        state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
-        raise
-    return finish_job(state, job_id, len(expected), coverage, union, t_reduce_start, evaluator, mode="one go")
+        shards = state.all_shards(job_id)
+    return finish_job(state, job_id, params, [im["id"] for im in images], shards, results, t_reduce_start,
+                      evaluator, mode="one go", annotation=annotation)
 
 
-def finish_job(state: JobState, job_id: str, n_images: int, coverage: dict, union: list[dict],
-               t_reduce_start: float, evaluator: str | None = None, mode: str = "streaming") -> dict:
-    """COCOeval on the union, metrics, the report; the job ends done (or failed on a coverage error).
+def finish_job(state: JobState, job_id: str, params: JobParams, expected_ids: list[int],
+               shards: dict[int, list[dict]], results: dict[int, dict], t_reduce_start: float,
+               evaluator: str | None = None, mode: str = "streaming", annotation: dict | None = None) -> dict:
+    """Coverage, COCOeval on the union, metrics, the report; the job ends done (or failed on a coverage error).
 
-    `mode` says how the results were read: "streaming" (as they were written) or "one go" (all at the end).
+    The caller has set the job reducing. `mode` says how the results were read: "streaming" (as they
+    were written) or "one go" (all at the end). `annotation`: the annotation file already parsed, if it was.
     """
-    params = state.params(job_id)
     summary = state.summary(job_id)
-    state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
-    try:
-        ap = evaluate(params.annotation, union, evaluator or params.coco_eval)
-    except Exception as exc:
-        state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
-        raise
-    metrics = job_metrics(state.batches(job_id), params.warmup_batches, n_images,
+    with failing_job(state, job_id):
+        coverage = check_coverage(expected_ids, shards, results)
+        ap = evaluate(annotation or params.annotation, union_results(results), evaluator or params.coco_eval)
+    metrics = job_metrics(state.batches(job_id), params.warmup_batches, len(expected_ids),
                           float(summary["t_submit"]), t_reduce_start)
     t_done = time.time()
     status = "done" if coverage["ok"] else "failed"
@@ -106,7 +114,7 @@ def finish_job(state: JobState, job_id: str, n_images: int, coverage: dict, unio
         "ap": ap,
         "metrics": metrics,
         "workers": _workers(state, metrics),
-        "manifest": json.loads(state.r.hget(f"job:{job_id}", "manifest") or "{}"),
+        "manifest": json.loads(summary.get("manifest") or "{}"),
         "reducer": {"mode": mode, "host": socket.gethostname(), "pid": os.getpid()},
         "timestamps": {"submit": float(summary["t_submit"]), "reduce_start": t_reduce_start,
                        "done": t_done, "evaluate_s": t_done - t_reduce_start},

@@ -17,6 +17,11 @@ class AnnotationError(ValueError):
 
 def read_images(annotation_path: str | Path) -> list[dict]:
     """The annotation file's images as {"id", "file", "w", "h"}, in file order."""
+    return read_annotation(annotation_path)[1]
+
+
+def read_annotation(annotation_path: str | Path) -> tuple[dict, list[dict]]:
+    """The parsed COCO instances file and its images as `read_images` gives them."""
     path = Path(annotation_path)
     if not path.is_file():
         raise AnnotationError(f"annotation file not found ({path})")
@@ -30,7 +35,7 @@ def read_images(annotation_path: str | Path) -> list[dict]:
         raise AnnotationError(f"not a COCO instances file: {exc.__class__.__name__} {exc} ({path})") from exc
     if not images:
         raise AnnotationError(f"annotation file lists no images ({path})")
-    return images
+    return data, images
 
 
 def input_shape(item: dict, size_mode: str, static_size: int) -> tuple[int, int]:

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import redis
 
-from tasks.reduce import check_coverage, finish_job, reduce_job, union_results
+from tasks.reduce import finish_job, reduce_job
 from tasks.shards import read_images
 from tasks.state import FINISHED, JobState
 
 log = logging.getLogger("tasks.streaming")
-_HERE = Path(__file__).parent
+_EXTEND = (Path(__file__).with_name("reducer_extend.lua")).read_text()
+_RELEASE = (Path(__file__).with_name("reducer_release.lua")).read_text()
 REDUCER_TTL_S = 10.0
 POLL_S = 0.1
 RECENT_JOBS = 50  # how far back in the job list a follower looks for running jobs
@@ -44,8 +45,8 @@ class ReducerLease:
         self.key = reducer_key(job_id)
         self.ttl_ms = int(ttl_s * 1000)
         self.token: str | None = None
-        self._extend = client.register_script((_HERE / "reducer_extend.lua").read_text())
-        self._release = client.register_script((_HERE / "reducer_release.lua").read_text())
+        self._extend = client.register_script(_EXTEND)
+        self._release = client.register_script(_RELEASE)
         self._stop = threading.Event()
 
     def try_acquire(self) -> bool:
@@ -112,13 +113,8 @@ def follow_job(state: JobState, job_id: str, stop: threading.Event | None = None
         if stop is None:
             time.sleep(POLL_S)
     t_reduce_start = time.time()
-    try:
-        coverage = check_coverage(expected, shards, stream.results)
-        union = union_results(stream.results)
-    except Exception as exc:  # a report must say why it has no AP, never hang the job
-        state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
-        raise
-    return finish_job(state, job_id, len(expected), coverage, union, t_reduce_start)
+    state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
+    return finish_job(state, job_id, params, expected, shards, stream.results, t_reduce_start)
 
 
 def reduce_when_free(state: JobState, job_id: str, poll_s: float = 0.25) -> dict | None:
@@ -147,8 +143,8 @@ class ReduceFollower:
         self._thread = threading.Thread(target=self._run, name="reduce-follower", daemon=True)
 
     def _running_jobs(self) -> list[str]:
-        recent = self.state.r.zrevrange("jobs", 0, RECENT_JOBS - 1)
-        return [j for j in reversed(recent) if self.state.status(j) == "running"]
+        recent = self.state.r.zrevrange("jobs", 0, RECENT_JOBS - 1)[::-1]
+        return [j for j, status in zip(recent, self.state.statuses(recent)) if status == "running"]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

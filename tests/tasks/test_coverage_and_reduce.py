@@ -1,23 +1,10 @@
 """The reducer: every image id exactly once, named when not; COCOeval once on the union."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tasks.params import JobParams
+from reduce_support import FENCE, create_job, perfect_payload
 from tasks.reduce import check_coverage, reduce_job, union_results
-from tasks.shards import read_images
-from tasks.state import JobState, connect
-
-FENCE = "lease:h:cpu:0:fence"
-
-
-def results_from_annotations(annotation_path, image_ids):
-    """Perfect COCO results: the non-crowd ground truth of the given images."""
-    data = json.loads(open(annotation_path).read())
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-            for a in data["annotations"] if a["image_id"] in image_ids and not a["iscrowd"]]
 
 
 def test_coverage_names_missing_duplicated_unexpected_and_unreadable():
@@ -46,17 +33,9 @@ def test_union_takes_each_image_once():
 
 @pytest.fixture
 def finished_job(redis_url, selftest_set):
-    ann, img = selftest_set
-    images = read_images(ann)
-    shards = [images[i:i + 4] for i in range(0, len(images), 4)]
-    state = JobState(connect(redis_url))
-    state.create(JobParams(job_id="r1", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=4),
-                 shards)
-    state.r.set(FENCE, 1)
+    state, shards = create_job(redis_url, selftest_set, "r1", 4)
     for i, shard in enumerate(shards):
-        ids = [im["id"] for im in shard]
-        state.write_result("r1", i, {"image_ids": ids, "unreadable": {},
-                                     "results": results_from_annotations(ann, ids)}, FENCE, 1)
+        state.write_result("r1", i, perfect_payload(selftest_set[0], shard), FENCE, 1)
     return state, shards
 
 

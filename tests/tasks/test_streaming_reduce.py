@@ -1,40 +1,22 @@
 """The streaming reducer: results parsed as they are written, one reducer per job, the one-go reducer as a net."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 
-from tasks.params import JobParams
+from reduce_support import FENCE, create_job, perfect_payload
 from tasks.reduce import reduce_job
 from tasks.shards import read_images
-from tasks.state import JobState, connect
 from tasks.streaming import ReducerLease, ResultStream, follow_job, reduce_when_free
-
-FENCE = "lease:h:cpu:0:fence"
-
-
-def perfect_payload(ann, shard_items):
-    data = json.loads(open(ann).read())
-    ids = [im["id"] for im in shard_items]
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-               for a in data["annotations"] if a["image_id"] in ids and not a["iscrowd"]]
-    return {"image_ids": ids, "unreadable": {}, "results": results}
 
 
 @pytest.fixture
 def job(redis_url, selftest_set):
-    ann, img = selftest_set
-    images = read_images(ann)
-    shards = [images[i:i + 2] for i in range(0, len(images), 2)]
-    state = JobState(connect(redis_url))
-    state.create(JobParams(job_id="s1", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=2),
-                 shards)
+    state, shards = create_job(redis_url, selftest_set, "s1", 2)
     state.set_status("s1", "running")
-    state.r.set(FENCE, 1)
-    return state, ann, shards
+    return state, selftest_set[0], shards
 
 
 def write(state, ann, shards, i):

@@ -18,6 +18,10 @@ def add_broker_arg(p: argparse.ArgumentParser, help_text: str | None = None) -> 
                    help=help_text or "Redis URL of a running cluster, e.g. redis://head:6379/0")
 
 
+def add_run_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
+
+
 def open_state(url: str) -> JobState:
     """Point the Celery app and job state at `url`; one-line error when Redis does not answer."""
     configure(url)

@@ -17,13 +17,22 @@ from workers.lease import REGISTRY
 QUEUES = [PREPROCESS_QUEUE, INFER_QUEUE, REDUCE_QUEUE]
 
 
+def lease_registry(state: JobState) -> list[tuple[str, dict, bool]]:
+    """Every registered device lease as (lease key, record, still held), liveness read in one round trip."""
+    entries = state.r.hgetall(REGISTRY)
+    with state.r.pipeline(transaction=False) as p:
+        for key in entries:
+            p.exists(key)
+        held = p.execute()
+    return [(key, json.loads(raw), bool(h)) for (key, raw), h in zip(entries.items(), held)]
+
+
 def shards_in_flight(state: JobState, job_id: str) -> dict[int, str]:
     """Shards of the job that a device holding a live lease is running now: shard -> host/device."""
     out = {}
-    for key, raw in state.r.hgetall(REGISTRY).items():
-        rec = json.loads(raw)
+    for _, rec, held in lease_registry(state):
         shard = rec.get("shard")
-        if shard and shard.get("job") == job_id and state.r.exists(key):
+        if held and shard and shard.get("job") == job_id:
             out[int(shard["shard"])] = f"{rec['host']}/{rec['device']}"
     return out
 

@@ -24,10 +24,10 @@ def submit_job(state: JobState, params: JobParams, images: list[dict], n_devices
     """Plan shards, record the job, enqueue preprocessing (unless the store is known warm) then inference."""
     shards = plan_shards(images, params.batch, n_devices, params.size_mode, params.static_size, params.shard_size)
     state.create(params, shards)
+    fields = {"preprocess_tasks": len(shards) if preprocess_first else 0, "t_running": time.time()}
     if manifest:
-        state.r.hset(f"job:{params.job_id}", "manifest", json.dumps(manifest))
-    state.r.hset(f"job:{params.job_id}", "preprocess_tasks", len(shards) if preprocess_first else 0)
-    state.set_status(params.job_id, "running", t_running=time.time())  # before any task can finish it
+        fields["manifest"] = json.dumps(manifest)
+    state.set_status(params.job_id, "running", **fields)  # before any task can finish it
     enqueue_job(params.job_id, len(shards), params.batch, preprocess_first=preprocess_first)
     return len(shards)
 

@@ -6,6 +6,7 @@ import os
 import platform
 import socket
 import subprocess
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -17,6 +18,14 @@ PACKAGES = ("dcn-evaluator", "celery", "redis", "numpy", "opencv-python", "pycoc
 
 
 def sha256_file(path: str | Path) -> str:
+    """The file's sha256, read once per process while its size and mtime stay the same (a .pth model is also
+    the checkpoint; every job of a sweep has the same annotation file)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -62,13 +62,8 @@ def timeline(path: Path, batches: list[dict], t0: float, warmup: int) -> str:
     fig, ax = _figure(10.0, 1.2 + 0.6 * max(1, len(lanes)))
     colours = ("tab:blue", "tab:cyan")
     for y, (name, recs) in enumerate(lanes.items()):
-        seen: dict[int, int] = defaultdict(int)
-        spans, fills = [], []
-        for b in recs:
-            spans.append((b["t_start"] - t0, b["t_end"] - b["t_start"]))
-            warm = seen[b["pid"]] < warmup
-            seen[b["pid"]] += 1
-            fills.append("tab:orange" if warm else colours[b["shard"] % 2])
+        spans = [(b["t_start"] - t0, b["t_end"] - b["t_start"]) for b in recs]
+        fills = ["tab:orange" if b["seq"] < warmup else colours[b["shard"] % 2] for b in recs]
         ax.broken_barh(spans, (y - 0.35, 0.7), facecolors=fills, edgecolor="none")
     ax.set_yticks(range(len(lanes)), list(lanes))
     ax.set_ylim(-0.6, len(lanes) - 0.4)
@@ -82,15 +77,9 @@ def latency_histogram(path: Path, batches: list[dict], warmup: int) -> str:
     """Batch latency (device call) per device, warm-up batches left out, with p50 and p99 marked."""
     fig, ax = _figure()
     for name, recs in _by_device(batches).items():
-        seen: dict[int, int] = defaultdict(int)
-        ms = []
-        for b in recs:
-            if seen[b["pid"]] >= warmup:
-                ms.append((b["t_end"] - b["t_start"]) * 1000.0)
-            seen[b["pid"]] += 1
-        if not ms:
+        ms = np.asarray([(b["t_end"] - b["t_start"]) * 1000.0 for b in recs if b["seq"] >= warmup])
+        if not ms.size:
             continue
-        ms = np.asarray(ms)
         line = ax.hist(ms, bins=min(40, max(5, ms.size // 2)), histtype="step", label=name)[2][0]
         for q, style in ((50, "--"), (99, ":")):
             ax.axvline(np.percentile(ms, q), linestyle=style, color=line.get_edgecolor())

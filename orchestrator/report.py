@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import UsageError, add_broker_arg, open_state
+from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state
 from tasks.coco_eval import STAT_NAMES
 from tasks.reduce import reduce_job
 
@@ -176,6 +176,6 @@ def register(sub) -> None:
                        epilog="example: python -m orchestrator report 20250101-120000-ab12cd --broker redis://head:6379/0")
     p.add_argument("job", metavar="JOB", help="job id (or batch sweep id)")
     add_broker_arg(p, "read the report from this Redis (default: the run folder's report.json)")
-    p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
+    add_run_dir_arg(p)
     p.add_argument("--reduce", action="store_true", help="run the reducer again on the stored shard results")
     p.set_defaults(func=run)

@@ -14,15 +14,18 @@ OVERALL_RULE = ("the job is valid when every image id was counted exactly once a
                 "end-to-end FPS counts the wall time from submit to the reducer's start")
 
 
-def preprocessing(state: JobState, job_id: str, results: dict[int, dict]) -> dict:
-    """Where the job's images were preprocessed: the CPU pool ahead of time, or a device worker on a store miss."""
-    s = state.summary(job_id)
-    answered = sum(len(p["image_ids"]) for p in results.values())
-    device_hits = sum(int((p.get("store") or {}).get("hits", 0)) for p in results.values())
+def preprocessing(summary: dict) -> dict:
+    """Where the job's images were preprocessed: the CPU pool ahead of time, or a device worker on a store miss.
+
+    `summary` is the job hash: the result write counts the images of each shard result and, of those,
+    the ones its device read from the store.
+    """
+    answered = int(summary.get("images_done", 0))
+    device_hits = int(summary.get("device_store_hits", 0))
     out = {
-        "pool_tasks": int(s.get("preprocess_tasks", s.get("n_shards", 0))),
-        "pool_preprocessed": int(s.get("pool_preprocessed", 0)),
-        "pool_store_hits": int(s.get("pool_store_hits", 0)),
+        "pool_tasks": int(summary.get("preprocess_tasks", summary.get("n_shards", 0))),
+        "pool_preprocessed": int(summary.get("pool_preprocessed", 0)),
+        "pool_store_hits": int(summary.get("pool_store_hits", 0)),
         "device_preprocessed": answered - device_hits,
         "device_store_hits": device_hits,
     }
@@ -38,7 +41,7 @@ def sweep_reports(state: JobState, sweep: str) -> list[dict]:
         if raw and json.loads(raw).get("sweep") == sweep:
             report = state.report(job_id)
             if report is not None:
-                report.setdefault("preprocessing", preprocessing(state, job_id, state.results(job_id)))
+                report.setdefault("preprocessing", preprocessing(state.summary(job_id)))
                 reports.append(report)
     return sorted(reports, key=lambda r: r["params"]["batch"])
 
@@ -59,18 +62,18 @@ def sweep_rows(reports: list[dict]) -> list[dict]:
     return rows
 
 
-def collect(state: JobState, job_id: str) -> tuple[dict, list[dict], list[dict] | None]:
-    """(report with broker-only facts added, batch records, COCO results) of a finished job."""
+def collect(state: JobState, job_id: str, with_results: bool = True) -> tuple[dict, list[dict], list[dict] | None]:
+    """(report with broker-only facts added, batch records, COCO results or None without `with_results`)
+    of a finished job."""
     from tasks.reduce import union_results
     report = state.report(job_id)
-    results = state.results(job_id)
-    report["preprocessing"] = preprocessing(state, job_id, results)
     summary = state.summary(job_id)
+    report["preprocessing"] = preprocessing(summary)
     report["resumes"] = int(summary.get("resumes", 0))
     sweep = report["params"].get("sweep")
     if sweep:
         report["sweep"] = {"id": sweep, "rows": sweep_rows(sweep_reports(state, sweep))}
-    return report, state.batches(job_id), union_results(results)
+    return report, state.batches(job_id), union_results(state.results(job_id)) if with_results else None
 
 
 def validity(report: dict) -> dict:

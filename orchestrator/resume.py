@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.cli import UsageError, add_broker_arg, open_state
+from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.control import resume_job
 from orchestrator.submit import live_devices, watch
@@ -76,7 +76,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", metavar="JOB", help="job id")
     add_broker_arg(p, "the cluster's Redis URL (default: restart the job's embedded cluster from its run folder)")
-    p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
+    add_run_dir_arg(p)
     p.add_argument("--no-wait", action="store_true", help="re-enqueue and return without following the job")
     p.add_argument("--lease-ttl", type=float, help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g})")
     p.add_argument("--timeout", type=float, help="give up following after this many seconds")

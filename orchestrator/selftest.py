@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.cli import add_broker_arg, open_state, positive_int
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state, positive_int
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
 from orchestrator.report import write_run_files
@@ -89,6 +89,6 @@ def register(sub) -> None:
     p.add_argument("--static-size", type=int, default=1216, help="S of the static canvas (default 1216)")
     p.add_argument("--devices", default="cpu:0", help="devices of the embedded cluster (default cpu:0)")
     add_broker_arg(p, "use a running cluster instead of starting one")
-    p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
+    add_run_dir_arg(p)
     p.add_argument("--keep", action="store_true", help="keep the tensor store of the run")
     p.set_defaults(func=run)

@@ -5,9 +5,10 @@ import json
 import time
 from pathlib import Path
 
-from orchestrator.cli import UsageError, add_broker_arg, open_state
+from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state
+from orchestrator.control import lease_registry
 from tasks.state import JobState
-from workers.lease import REGISTRY, describe_holder
+from workers.lease import describe_holder
 
 
 def _line(job_id: str, s: dict) -> str:
@@ -27,9 +28,8 @@ def live_status(state: JobState, job: str | None) -> int:
         missing = state.shards_without_result(job)
         print(f"shards without a result: {', '.join(map(str, missing)) or 'none'}")
     print("devices:")
-    for key, raw in sorted(state.r.hgetall(REGISTRY).items()):
-        rec = json.loads(raw)
-        alive = "held" if state.r.exists(key) else "EXPIRED (the reaper gives its shard back)"
+    for _, rec, held in sorted(lease_registry(state), key=lambda entry: entry[0]):
+        alive = "held" if held else "EXPIRED (the reaper gives its shard back)"
         print(f"  {rec['host']}/{rec['device']}: {alive} by {describe_holder(rec)}")
     return 0
 
@@ -63,5 +63,5 @@ def register(sub) -> None:
                        epilog="example: python -m orchestrator status --broker redis://head:6379/0")
     p.add_argument("job", nargs="?", metavar="JOB", help="one job id (default: all)")
     add_broker_arg(p, "read live state from this Redis")
-    p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
+    add_run_dir_arg(p)
     p.set_defaults(func=run)

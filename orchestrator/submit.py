@@ -9,8 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.bins import report_line, write_bins
-from orchestrator.cli import UsageError, add_broker_arg, open_state, positive_int
+from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state, positive_int
 from orchestrator.cluster import ClusterError, LocalCluster, free_port
+from orchestrator.control import lease_registry
 from orchestrator.dashboard import AUTH_ENV, basic_auth
 from orchestrator.inputs import resolve
 from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
@@ -26,13 +27,12 @@ from tasks.params import TIMINGS, ClusterTimings, JobParams
 from tasks.shards import AnnotationError, read_images
 from tasks.state import JobState
 from workers.devices import discover, parse_device
-from workers.lease import REGISTRY
 from workers.reaper import Reaper
 
 
 def live_devices(state: JobState) -> int:
     """Devices whose lease is held right now on this broker."""
-    return sum(1 for key in state.r.hkeys(REGISTRY) if state.r.exists(key))
+    return sum(held for _, _, held in lease_registry(state))
 
 
 def follow(state: JobState, params: JobParams, images: list[dict], n_devices: int, run_dir: Path,
@@ -62,7 +62,7 @@ def follow_sweep(state: JobState, jobs: list[JobParams], images: list[dict], n_d
     reports = []
     for params in jobs:
         if state.report(params.job_id) is not None:
-            report, batches, _ = collect(state, params.job_id)
+            report, batches, _ = collect(state, params.job_id, with_results=False)
             write_run_files(run_root / params.job_id, report, None, None, batches)
             reports.append(report)
     if reports:
@@ -222,7 +222,7 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", help="fp32 or fp16, for backends that support it")
     p.add_argument("--devices", help="comma-separated devices for the embedded cluster (default: discovered)")
     add_broker_arg(p, "submit to a running cluster at this Redis URL instead of starting one")
-    p.add_argument("--run-dir", default="runs", help="folder of run folders (default runs)")
+    add_run_dir_arg(p)
     p.add_argument("--store", help="tensor store folder (default RUN_DIR/store)")
     p.add_argument("--no-store", action="store_true", help="no tensor store: every shard preprocesses itself")
     p.add_argument("--shard-size", type=int, default=0, help="images per shard (default: 8+ shards per device)")

@@ -60,7 +60,7 @@ def queued_tasks(r: redis.Redis, queues: list[str], job_id: str | None = None) -
 
 def remove_queued(r: redis.Redis, tasks: list[QueuedTask]) -> int:
     """Take these messages out of their lists; returns how many were still there."""
-    removed = 0
-    for task in tasks:
-        removed += int(r.lrem(task.key, 1, task.raw))
-    return removed
+    with r.pipeline(transaction=False) as p:
+        for task in tasks:
+            p.lrem(task.key, 1, task.raw)
+        return sum(int(n) for n in p.execute())

@@ -2,7 +2,7 @@
 
 Keys (DESIGN.md section 7):
   job:{id}            hash: params (JSON), status, n_images, n_shards, images_done, shards_done,
-                      images_inferred, t_submit, t_running, t_reduce_start, t_done, error
+                      images_inferred, device_store_hits, t_submit, t_running, t_reduce_start, t_done, error
   job:{id}:shards     hash shard -> JSON list of {"id", "file", "w", "h"}
   job:{id}:results    hash shard -> JSON payload, written once (write_result.lua)
   job:{id}:batches    list of JSON batch records (device, shard, size, t_start, t_end, ...)
@@ -89,6 +89,13 @@ class JobState:
     def status(self, job_id: str) -> str | None:
         return self.r.hget(job_key(job_id), "status")
 
+    def statuses(self, job_ids: list[str]) -> list[str | None]:
+        """The status of each job, in one round trip."""
+        with self.r.pipeline(transaction=False) as p:
+            for job_id in job_ids:
+                p.hget(job_key(job_id), "status")
+            return p.execute()
+
     def set_status(self, job_id: str, status: str, **fields) -> None:
         assert status in STATUSES, status
         self.r.hset(job_key(job_id), mapping={"status": status, **fields})
@@ -124,7 +131,8 @@ class JobState:
         key = job_key(job_id)
         status, done = self._write_result(
             keys=[fence_key, f"{key}:results", key],
-            args=[fence, str(shard), json.dumps(payload), len(payload["image_ids"])])
+            args=[fence, str(shard), json.dumps(payload), len(payload["image_ids"]),
+                  int((payload.get("store") or {}).get("hits", 0))])
         return {1: "written", 0: "duplicate", -1: "stale"}[int(status)], int(done)
 
     def results(self, job_id: str) -> dict[int, dict]:

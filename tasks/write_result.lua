@@ -2,7 +2,8 @@
 -- KEYS[1] fencing counter of the writer's device lease
 -- KEYS[2] job:{id}:results (hash shard -> payload)
 -- KEYS[3] job:{id} (counters)
--- ARGV[1] the writer's fencing number, ARGV[2] shard, ARGV[3] payload (JSON), ARGV[4] images in the payload
+-- ARGV[1] the writer's fencing number, ARGV[2] shard, ARGV[3] payload (JSON), ARGV[4] images in the payload,
+-- ARGV[5] of those, images the writer read from the tensor store
 -- Returns {status, shards_done}: status 1 written, 0 already written (duplicate), -1 stale fencing number.
 local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) < newest then
@@ -12,4 +13,5 @@ if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
   return {0, tonumber(redis.call('HGET', KEYS[3], 'shards_done') or '0')}
 end
 redis.call('HINCRBY', KEYS[3], 'images_done', ARGV[4])
+redis.call('HINCRBY', KEYS[3], 'device_store_hits', ARGV[5])
 return {1, redis.call('HINCRBY', KEYS[3], 'shards_done', 1)}

@@ -85,9 +85,7 @@ class PeakMemory:
 
     def release(self) -> None:
         """After the backend is closed: give torch's cached blocks back, so the next baseline is clean."""
-        if self.torch_device is not None:
-            import torch
-            torch.cuda.empty_cache()
+        self.release_cache()
         if self.nvml is not None:
             with contextlib.suppress(Exception):
                 self.nvml.nvmlShutdown()

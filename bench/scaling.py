@@ -69,12 +69,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def job_keys(state, job_id: str) -> list:
+    return list(state.r.scan_iter(f"job:{job_id}*", count=1000))
+
+
 def job_memory(state, job_id: str) -> float:
     """MB of every key of the job (Redis' own MEMORY USAGE)."""
-    total = 0
-    for key in state.r.scan_iter(f"job:{job_id}*", count=1000):
-        total += state.r.memory_usage(key, samples=0) or 0
-    return total / 1e6
+    return sum(state.r.memory_usage(key, samples=0) or 0 for key in job_keys(state, job_id)) / 1e6
 
 
 class Rack:
@@ -122,7 +123,7 @@ def warm_up(rack: Rack, ann: Path, backend: str) -> None:
         submit_job(state, params, images[:2 * len(rack.devices)], len(rack.devices), preprocess_first=False)
         wait_job(state, params.job_id, check_alive=rack.cluster.check_alive, timeout_s=300)
         ran = {r["device"] for r in state.batches(params.job_id)}
-        state.r.delete(*list(state.r.scan_iter(f"job:{params.job_id}*", count=1000)))
+        state.r.delete(*job_keys(state, params.job_id))
         if ran >= set(rack.devices):
             return
 
@@ -167,7 +168,7 @@ def run_job(rack: Rack, ann: Path, backend: str, store: str, ideal_s: float) -> 
         name = f"{n}dev-{params.backend.replace(':', '_').replace(',', '_').replace('@', '_')}-{len(images)}.json"
         (RECORDS / name).write_text(json.dumps({"out": out, "batches": records,
                                                 "shard_times": state.shard_times(params.job_id, 100000)}))
-    state.r.delete(*list(state.r.scan_iter(f"job:{params.job_id}*", count=1000)))  # keep Redis small
+    state.r.delete(*job_keys(state, params.job_id))  # keep Redis small
     return out
 
 
@@ -216,6 +217,7 @@ def main() -> int:
     global RECORDS
     RECORDS = Path(args.records) if args.records else None
     lat = args.latency_ms / 1000.0
+    sim = f"sim:{args.latency_ms:g}ms"
     counts = sorted(set(args.devices), reverse=True)
     hetero = [] if args.no_hetero else sorted(set(args.hetero) & set(counts), reverse=True)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scaling-"))
@@ -223,10 +225,8 @@ def main() -> int:
     t0 = time.time()
     n_files = max([0] + ([] if args.no_full else [args.full]) + ([] if args.no_loading else
                                                                      [args.per_device * args.loading]))
-    write_set(work / "set", n_files, seed=0, images=True) if n_files else None
+    write_set(work / "set", n_files, seed=0, images=True)  # also makes the folders when no file is needed
     data = make_annotations(n_max, seed=0)
-    (work / "set").mkdir(parents=True, exist_ok=True)
-    (work / "set" / "images").mkdir(exist_ok=True)
     print(f"# generated {n_max} images' annotations ({n_files} image files) in {time.time() - t0:.0f} s; "
           f"sim {args.latency_ms:g} ms per batch of {BATCH} ({BATCH / lat:.2f} FPS per device); "
           f"{os.cpu_count()} cores", flush=True)
@@ -240,19 +240,18 @@ def main() -> int:
                 full_ann = subset(work / "set", data, args.full)
                 ideal = math.ceil(args.full / BATCH) * lat / n
                 cold = work / "cold_store"
-                full.append(("warm", run_job(rack, full_ann, f"sim:{args.latency_ms:g}ms,load=none", "", ideal)))
+                full.append(("warm", run_job(rack, full_ann, f"{sim},load=none", "", ideal)))
                 print(row("full, warm", full[-1][1]), flush=True)
-                full.append(("cold", run_job(rack, full_ann, f"sim:{args.latency_ms:g}ms,load=none", str(cold),
-                                             ideal)))
+                full.append(("cold", run_job(rack, full_ann, f"{sim},load=none", str(cold), ideal)))
                 print(row("full, cold", full[-1][1]), flush=True)
                 shutil.rmtree(cold, ignore_errors=True)
             ideal = math.ceil(args.per_device * n / BATCH) * lat / n
-            weak.append(run_job(rack, ann, f"sim:{args.latency_ms:g}ms,load=none", "", ideal))
+            weak.append(run_job(rack, ann, f"{sim},load=none", "", ideal))
             print(row("weak", weak[-1]), flush=True)
             if n in hetero and n >= 2:
                 slow = f"cpu:{n // 2}-{n - 1}"
                 speed = (n - n // 2) / (2 * lat) + (n // 2) / lat
-                mixed.append(run_job(rack, ann, f"sim:{args.latency_ms:g}ms,load=none,slow=2@{slow}", "",
+                mixed.append(run_job(rack, ann, f"{sim},load=none,slow=2@{slow}", "",
                                      math.ceil(args.per_device * n / BATCH) / speed))
                 print(row("mixed: half at 2x latency, ideal split by speed", mixed[-1]), flush=True)
             if not args.no_loading and n == args.loading:
@@ -261,7 +260,7 @@ def main() -> int:
                 rate = warm(load_ann, store)
                 print(f"# warmed the store: {rate:.0f} images/s preprocessing (1216 static, {os.cpu_count()} "
                       f"processes)", flush=True)
-                loading = run_job(rack, load_ann, f"sim:{args.latency_ms:g}ms,load=pixels", str(store), ideal)
+                loading = run_job(rack, load_ann, f"{sim},load=pixels", str(store), ideal)
                 print(row("loading on (load=pixels, warm store)", loading), flush=True)
                 shutil.rmtree(store, ignore_errors=True)
     print()

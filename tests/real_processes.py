@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.cluster import RedisServer
+from orchestrator.cluster import RedisServer, _signal_group
 
 REPO = Path(__file__).resolve().parent.parent
 DATABASES = 256
@@ -84,20 +84,13 @@ class Processes:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            _signal_group(proc, signal.SIGTERM)
         deadline = time.time() + 15
         for proc in self.procs:
             try:
                 proc.wait(max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from real_processes import REPO, wait_for
+from real_processes import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
 ENV = {"REDIS_PASSWORD": "compose-test-pw", "FLOWER_BASIC_AUTH": "ops:secret", "EVALUATOR_HOST": "rack7"}

@@ -158,6 +158,7 @@ def test_interrupted_embedded_submit_resumes_from_its_run_folder(sig, data, unin
     job, url = follow.group(1), follow.group(2)
     state = JobState(connect(url))
     wait_for(lambda: state.r.hlen(f"job:{job}:results") >= 2, 60, what="two shard results")
+    assert proc.poll() is None, "the job ended before it could be interrupted"
     os.kill(proc.pid, sig)
     if sig == signal.SIGINT:  # Ctrl-C: submit stops everything it started
         assert proc.wait(60) == 130 and "interrupted" in processes.log(proc)

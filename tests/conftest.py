@@ -7,6 +7,7 @@ The helpers live in real_processes.py and contract_onnx.py (import those, not th
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,14 @@ import pytest
 from contract_onnx import write_tiny_onnx
 from orchestrator.cluster import RedisServer
 from real_processes import DATABASES, Processes, fresh_db_url
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the processes the tests start as at a terminal, even when the suite itself was started
+    in the background (`cmd &` starts it with SIGINT ignored, every child inherits that, and Python then
+    raises no KeyboardInterrupt). A handler, unlike the ignore, is reset to the default by exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

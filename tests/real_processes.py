@@ -23,12 +23,6 @@ DATABASES = 256
 _db_numbers = itertools.count(1)
 
 
-def _default_sigint() -> None:
-    """Ctrl-C behaves as at a terminal even when the suite runs in the background (`cmd &` starts with
-    SIGINT ignored, which Python and its children inherit, and then no KeyboardInterrupt is raised)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def wait_for(predicate, timeout_s: float = 30.0, poll_s: float = 0.1, what: str = "condition"):
     """Poll until predicate() is truthy; returns its value or fails the test naming `what`."""
     deadline = time.time() + timeout_s
@@ -62,8 +56,7 @@ class Processes:
         log_path = self.folder / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=self.env(url), cwd=REPO, start_new_session=True,
-                                    preexec_fn=_default_sigint)
+                                    stdin=subprocess.DEVNULL, env=self.env(url), cwd=REPO, start_new_session=True)
         proc.log_path = log_path
         self.procs.append(proc)
         return proc

@@ -1,6 +1,7 @@
 """`onnx2om`: the Ascend recipe's ATC step (ONNX -> om) with the soc version read from `npu-smi info`."""
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shlex
@@ -11,11 +12,17 @@ from pathlib import Path
 
 from conversion.errors import UsageError
 from model.config import PREPROCESS
+from workers import npu_smi
 
 ASCEND_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 ATC_LOG_LEVELS = ("debug", "info", "warning", "error", "null")
 # Standard ONNX ops that ATC has no parser for: their presence means an onnxruntime-target export.
 ORT_ONLY_OPS = {"DeformConv", "NonMaxSuppression", "RoiAlign"}
+# On the 310P, BatchMultiClassNonMaxSuppression has float16 kernels only (CANN's aic-ascend310p-ops-info.json) and
+# DeformableConv2D computes its float32 convolution in float16 on the chip (op_proto nn_calculation_ops.h): a graph
+# built to keep every float32 operator as float32 cannot be compiled as the recipe's is.
+REFUSED_PRECISION_MODES = {"must_keep_origin_dtype": "the 310P's BatchMultiClassNMS kernel takes float16 only and "
+                                                     "DeformableConv2D convolves float32 in float16 on the chip"}
 
 
 def build_atc_command(onnx_path: str, output: str, soc: str, batch: int, size: tuple[int, int],
@@ -33,45 +40,28 @@ def build_atc_command(onnx_path: str, output: str, soc: str, batch: int, size: t
     return cmd
 
 
-def parse_npu_smi(text: str) -> list[str]:
-    """Chip names (e.g. `310P3`) of the NPU rows of `npu-smi info`, in table order.
-
-    The table has two rows per NPU: `| <npu id>  <name> | <health> | ...` then `| <chip> <device> | <bus-id> | ...`;
-    only the first kind has a name that is not a number.
-    """
-    names = []
-    seen_header = False
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not cells or not cells[0]:
-            continue
-        if cells[0].startswith("NPU") and "Name" in cells[0]:
-            seen_header = True
-            continue
-        if not seen_header:
-            continue
-        if cells[0].startswith("Process") or cells[0].startswith("NPU"):  # the process table that follows
-            break
-        m = re.fullmatch(r"(\d+)\s+(\S+)", cells[0])
-        if m and not m.group(2).isdigit():
-            names.append(m.group(2))
-    return names
+def soc_names(text: str) -> list[str]:
+    """Chip names (e.g. `310P3`) of the chips `npu-smi info` lists, in table order."""
+    return [chip.name for chip in npu_smi.parse_chips(text)]
 
 
 def detect_soc(runner=subprocess.run) -> str:
     """`Ascend<name>` from `npu-smi info`; one line naming what is missing otherwise."""
-    npu_smi = shutil.which("npu-smi")
-    if npu_smi is None:
+    tool = shutil.which("npu-smi")
+    if tool is None:
         raise UsageError("no --soc given and npu-smi is not on PATH to read it: pass e.g. --soc Ascend310P3 (--soc)")
-    proc = runner([npu_smi, "info"], capture_output=True, text=True)
+    proc = runner([tool, "info"], capture_output=True, text=True)
     if proc.returncode != 0:
         first = (proc.stderr or proc.stdout or "").strip().splitlines()[:1]
         raise UsageError(f"npu-smi info failed ({first[0] if first else f'exit {proc.returncode}'}): pass --soc (--soc)")
-    names = sorted(set(parse_npu_smi(proc.stdout)))
+    names = sorted(set(soc_names(proc.stdout)))
     if not names:
         raise UsageError("npu-smi info lists no NPU with a name: pass --soc (--soc)")
     if len(names) > 1:
         raise UsageError(f"npu-smi info lists several chip kinds ({', '.join(names)}): pass one with --soc (--soc)")
+    reason = npu_smi.unsupported_reason(names[0])
+    if reason:
+        raise UsageError(f"this host's NPUs are {names[0]}: {reason} (--soc)")
     return f"Ascend{names[0]}"
 
 
@@ -129,6 +119,10 @@ def plan(args) -> list[str]:
     if batch is None:
         raise UsageError("the batch size is not fixed in the graph: pass --batch N (--batch)")
     size = size or (PREPROCESS.static_size, PREPROCESS.static_size)
+    if args.precision_mode in REFUSED_PRECISION_MODES:
+        raise UsageError(f"--precision-mode {args.precision_mode} cannot build this model: "
+                         f"{REFUSED_PRECISION_MODES[args.precision_mode]}; leave it out (force_fp16, as the recipe) "
+                         f"(--precision-mode)")
     soc = args.soc or detect_soc()
     output = args.output[:-3] if args.output.endswith(".om") else args.output
     return build_atc_command(str(onnx_path), output, soc, batch, size, args.log, extra, args.precision_mode)
@@ -147,9 +141,20 @@ def run(args) -> int:
     code = subprocess.run(cmd).returncode
     if code != 0:
         raise UsageError(f"atc failed with exit code {code}; its log says why (--log) ({args.onnx})")
-    om = cmd[3].split("=", 1)[1] + ".om"
+    om = written_om(cmd[3].split("=", 1)[1])
+    if om is None:
+        raise UsageError(f"atc exited 0 but wrote no {cmd[3].split('=', 1)[1]}.om (--output)")
     print(om)
     return 0
+
+
+def written_om(output: str) -> Path | None:
+    """The file atc wrote for --output: `<output>.om`, or `<output>_<os>_<arch>.om` when it names the run
+    environment (ATC's --host_env_os / --host_env_cpu, e.g. `xxx_linux_x86_64.om`); the newest if several."""
+    base = Path(output)
+    found = [p for p in base.parent.glob(f"{glob.escape(base.name)}*.om")
+             if p.name == f"{base.name}.om" or re.fullmatch(re.escape(base.name) + r"_[a-z]+_[A-Za-z0-9_]+\.om", p.name)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def register(subparsers) -> None:
@@ -159,7 +164,8 @@ def register(subparsers) -> None:
         epilog="example: python -m conversion onnx2om --onnx dcn_ascend_bs1.onnx --output dcn_bs1 --soc Ascend310P3",
     )
     p.add_argument("--onnx", required=True, help="ONNX file made by `pth2onnx --target ascend`")
-    p.add_argument("--output", required=True, help="om path without the .om suffix atc appends")
+    p.add_argument("--output", required=True, help="om path without the .om suffix atc appends (it may also "
+                                                    "append _<os>_<arch>: the path it wrote is printed)")
     p.add_argument("--soc", help="soc version, e.g. Ascend310P3 (default: read from `npu-smi info`)")
     p.add_argument("--batch", type=int, help="batch size (default: the graph's fixed batch)")
     p.add_argument("--input-size", type=int, help="S of the S x S input (default: the graph's, else 1216)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -63,6 +64,7 @@ def test_redis_flower_and_device_services_are_configured_as_designed(services):
         n = int(name[3:])
         assert set(s["devices"]) == NPU_NODES | {f"/dev/davinci{n}"}
         assert f"--device npu:{n}" in s["command"]
+        assert s["environment"]["EVALUATOR_NPU_VISIBLE"] == str(n)  # the one device its container sees is ACL 0
         mounts = {v.split(":")[0]: v for v in s["volumes"]}
         for path in ("/usr/local/Ascend/driver", "/usr/local/bin/npu-smi", "/usr/local/dcmi"):
             assert mounts[path].endswith(":ro"), path
@@ -102,3 +104,32 @@ def test_the_compose_worker_commands_complete_a_job_as_plain_processes(services,
     logs = "".join(p.log_path.read_text() for p in processes.procs)
     assert re.search(r"Task evaluator\.reduce\[[^\]]+\] succeeded", logs)
     assert "reducer-" in (tmp_path / "reducer.log").read_text()
+
+
+@pytest.mark.slow
+def test_an_npu_service_opens_acl_device_0_for_the_one_device_its_container_sees(services, redis_url, processes,
+                                                                                 tmp_path, monkeypatch):
+    """npu3 as a plain process with the service's own environment: the ais_bench test double records the device id
+    the worker opens; a container given /dev/davinci3 alone numbers it 0."""
+    service = services["npu3"]
+    assert service["devices"][0] == "/dev/davinci3" and service["environment"]["EVALUATOR_NPU_VISIBLE"] == "3"
+    om = tmp_path / "model.om"
+    om.write_text(json.dumps({"inputs": [["input", [1, 3, 64, 64]]],
+                              "outputs": [["dets", [1, 100, 5]], ["labels", [1, 100]]]}))
+    om.chmod(0o640)
+    opened = tmp_path / "sessions.jsonl"
+    for name, value in service["environment"].items():
+        if name != "EVALUATOR_BROKER":
+            monkeypatch.setenv(name, value)
+    doubles = str(REPO / "tests" / "doubles")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([doubles, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("AIS_DOUBLE_LOG", str(opened))
+    monkeypatch.setenv("EVALUATOR_OM_CACHE", str(tmp_path / "om_cache"))
+    argv = [{"/models/model.om": str(om), "/store": str(tmp_path / "store")}.get(a, a)
+            for a in shlex.split(service["command"])[1:]]
+    worker = processes.spawn("npu3", argv + ["--broker", redis_url], redis_url)
+    processes.wait_ready(worker)
+    (session,) = [json.loads(line) for line in opened.read_text().splitlines()]
+    assert session["device_id"] == 0 and session["model_path"] == str(om)
+    log = processes.log(worker)
+    assert "npu:3 runs as ACL device 0" in log and "took npu:3" in log  # the lease keeps the host's number

@@ -101,13 +101,24 @@ def run_preprocess_pool(args, state: JobState, timings: ClusterTimings) -> int:
         reaper.stop()
 
 
+def check_npu(index: int) -> None:
+    """ValueError (one line) when `npu:index` is of a kind this model cannot use or is not visible to this process."""
+    from workers import npu_host
+    reason = npu_host.unsupported(index)
+    if reason:
+        raise ValueError(f"npu:{index}: {reason} (--device)")
+    npu_host.acl_device_id(index)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.device:
-            parse_device(args.device)
+            kind, index = parse_device(args.device)
+            if kind == "npu":
+                check_npu(index)
         if args.model and not args.backend:
             args.backend = backend_for_model(args.model)
         if args.backend:

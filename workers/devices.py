@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
+
+from workers import npu_host
+from workers.vendor_tools import run_tool
 
 IDLE_MEMORY_MB = 1024  # a card using more than this before we start is not idle
 IDLE_UTILISATION = 10  # percent
@@ -16,35 +17,6 @@ def parse_device(device: str) -> tuple[str, int]:
     if not m:
         raise ValueError(f"bad device {device!r}: expected cpu:N, cuda:N or npu:N (--device)")
     return m.group(1), int(m.group(2))
-
-
-def _run(cmd: list[str]) -> str | None:
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout if proc.returncode == 0 else None
-
-
-def parse_npu_smi_devices(text: str) -> list[int]:
-    """Logical device ids from `npu-smi info`: the row after each `| <npu> <name> |` row is `| <chip> <device> |`."""
-    ids, after_name = [], False
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.lstrip().startswith("|") or not cells or not cells[0]:
-            after_name = False
-            continue
-        tokens = cells[0].split()
-        if len(tokens) == 2 and tokens[0].isdigit() and not tokens[1].isdigit():
-            after_name = True
-        elif after_name and len(tokens) == 2 and all(t.isdigit() for t in tokens):
-            ids.append(int(tokens[1]))
-            after_name = False
-        else:
-            after_name = False
-    return ids
 
 
 def _number(cell: str) -> float | None:
@@ -128,7 +100,7 @@ def ort_has_cuda() -> bool:
 
 def cuda_devices() -> list[str]:
     """`cuda:N` for each GPU nvidia-smi lists (as CUDA_VISIBLE_DEVICES numbers them), when ONNX Runtime or torch can use it."""
-    out = _run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"])
+    out = run_tool(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"])
     if not out or not (ort_has_cuda() or torch_has_cuda()):
         return []
     gpus = parse_nvidia_smi_gpus(out)
@@ -144,15 +116,17 @@ def cuda_devices() -> list[str]:
     return [f"cuda:{i}" for i in range(count)]
 
 
-def npu_devices() -> list[str]:
-    out = _run(["npu-smi", "info"])
-    return [f"npu:{i}" for i in parse_npu_smi_devices(out)] if out else []
-
-
 def discover() -> list[str]:
-    """Accelerators when there are any, else `cpu:0` (one CPU worker: it would only slow the tail)."""
-    found = npu_devices() + cuda_devices()
+    """Accelerators when there are any, else `cpu:0` (one CPU worker: it would only slow the tail).
+
+    NPUs of a kind this model cannot run on are left out (`unusable_devices` says which and why)."""
+    found = npu_host.discover()[0] + cuda_devices()
     return found or ["cpu:0"]
+
+
+def unusable_devices() -> dict[str, str]:
+    """Devices of this host left out by `discover`, with the reason."""
+    return npu_host.discover()[1]
 
 
 def cuda_attestation(gpu_text: str | None, apps_text: str | None, own_pid: int,
@@ -198,17 +172,12 @@ def attest(device: str) -> dict:
             gid = nvidia_smi_id(index)
         except ValueError as exc:
             return {"idle": None, "detail": str(exc)}
-        gpu = _run(["nvidia-smi", "-i", gid, "--query-gpu=utilization.gpu,memory.used,memory.total",
+        gpu = run_tool(["nvidia-smi", "-i", gid, "--query-gpu=utilization.gpu,memory.used,memory.total",
                     "--format=csv,noheader,nounits"])
-        apps = _run(["nvidia-smi", "-i", gid, "--query-compute-apps=pid,process_name,used_memory",
+        apps = run_tool(["nvidia-smi", "-i", gid, "--query-compute-apps=pid,process_name,used_memory",
                      "--format=csv,noheader,nounits"]) if gpu is not None else None
         return cuda_attestation(gpu, apps, os.getpid())
     if kind == "npu":
-        out = _run(["npu-smi", "info"])
-        if out is None:
-            return {"idle": None, "detail": "npu-smi not available"}
-        listed = out.split("Process id", 1)[1] if "Process id" in out else ""
-        rows = [line for line in listed.splitlines() if re.match(r"\|\s*\d+\s+\d+\s*\|\s*\d+", line)]
-        return {"idle": not rows, "detail": f"npu-smi: {len(rows)} NPU processes on this host"}
+        return npu_host.attest(index)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"idle": None, "detail": f"cpu: not attested (load average {load1:.2f})" if load1 is not None else "cpu"}

@@ -9,10 +9,14 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from workers.devices import _run, nvidia_smi_id, parse_device
+from workers import npu_host
+from workers.devices import nvidia_smi_id, parse_device
+from workers.vendor_tools import run_tool
 
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "torchvision", "ais_bench", "celery", "numpy", "opencv-python")
-ASCEND_HOME = Path(os.environ.get("ASCEND_HOME_PATH", "/usr/local/Ascend"))
+DEFAULT_ASCEND_HOME = Path("/usr/local/Ascend")
+# the toolkit's install info below a toolkit folder (`.../latest`) or below the install root
+TOOLKIT_INFO = ("*-linux/ascend_toolkit_install.info", "ascend-toolkit/latest/*-linux/ascend_toolkit_install.info")
 
 
 def _installed(name: str) -> str | None:
@@ -32,14 +36,26 @@ def _key_value(path: Path, key: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _ascend_roots() -> list[Path]:
+    """Where CANN may be: ASCEND_HOME_PATH (set_env.sh points it at `.../ascend-toolkit/latest`; others set the
+    install root), its parents, and the default install root."""
+    roots = []
+    home = os.environ.get("ASCEND_HOME_PATH")
+    if home:
+        roots += [Path(home), *Path(home).parents]
+    roots.append(DEFAULT_ASCEND_HOME)
+    return list(dict.fromkeys(roots))
+
+
 def cann_version() -> dict[str, str | None]:
     """The CANN toolkit and NPU driver versions from their install-info files (None off Ascend hosts)."""
-    toolkit = None
-    for info in sorted(ASCEND_HOME.glob("ascend-toolkit/latest/*/ascend_toolkit_install.info")):
-        toolkit = _key_value(info, "version")
-        if toolkit:
-            break
-    return {"toolkit": toolkit, "driver": _key_value(ASCEND_HOME / "driver" / "version.info", "Version")}
+    toolkit = driver = None
+    for root in _ascend_roots():
+        for pattern in TOOLKIT_INFO:
+            for info in sorted(root.glob(pattern)):
+                toolkit = toolkit or _key_value(info, "version")
+        driver = driver or _key_value(root / "driver" / "version.info", "Version")
+    return {"toolkit": toolkit, "driver": driver}
 
 
 @lru_cache(maxsize=1)
@@ -58,14 +74,10 @@ def device_identity(device: str) -> dict:
             gid = nvidia_smi_id(index)
         except ValueError:
             return out
-        text = _run(["nvidia-smi", "-i", gid, "--query-gpu=name,uuid,driver_version", "--format=csv,noheader"])
+        text = run_tool(["nvidia-smi", "-i", gid, "--query-gpu=name,uuid,driver_version", "--format=csv,noheader"])
         if text:
             name, uuid, driver = (x.strip() for x in (text.strip().split(",") + ["", ""])[:3])
             out.update(name=name, uuid=uuid, driver=driver)
     elif kind == "npu":
-        text = _run(["npu-smi", "info", "-t", "board", "-i", str(index)])
-        for field in ("Serial Number", "Chip Name", "Firmware Version"):
-            m = re.search(rf"{field}\s*:\s*(.+)", text or "")
-            if m:
-                out[field.lower().replace(" ", "_")] = m.group(1).strip()
+        out.update(npu_host.identity(index))
     return out

@@ -38,6 +38,9 @@ NPU_SMI_310P = """\
 """
 
 
+NPU_SMI_310 = (REPO / "tests" / "workers" / "data" / "npu_smi" / "310.txt").read_text()
+
+
 def write_onnx(path: Path, batch, size=64, op="Identity", extra_input: bool = False) -> Path:
     """A tiny graph with input `input` [batch, 3, size, size] whose only node is `op`."""
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])]
@@ -78,9 +81,23 @@ def test_build_atc_command_extra_input_and_precision():
     assert cmd[-1] == "--precision_mode=allow_fp32_to_fp16" and "--log=error" in cmd
 
 
-def test_parse_npu_smi_reads_chip_names_only():
-    assert onnx2om.parse_npu_smi(NPU_SMI_310P) == ["310P3", "310P3"]
-    assert onnx2om.parse_npu_smi("no table here") == []
+def test_soc_names_read_the_chip_names_only():
+    assert onnx2om.soc_names(NPU_SMI_310P) == ["310P3", "310P3"]
+    assert onnx2om.soc_names(NPU_SMI_310) == ["310"] * 4  # a name of digits is still a name
+    assert onnx2om.soc_names("no table here") == []
+
+
+def test_a_plain_310_host_and_a_float32_precision_mode_are_refused(tmp_path):
+    model = write_onnx(tmp_path / "m.onnx", batch=1)
+    bin_dir = write_script(tmp_path / "bin", "npu-smi", f"cat <<'EOF'\n{NPU_SMI_310}EOF\n").parent
+    proc = run_cli("--onnx", str(model), "--output", "o", "--dry-run", path_dirs=[bin_dir])
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: this host's NPUs are 310: Ascend 310 has no DeformableOffsets kernel")
+    proc = run_cli("--onnx", str(model), "--output", "o", "--soc", "Ascend310P3", "--precision-mode",
+                   "must_keep_origin_dtype", "--dry-run")
+    assert proc.returncode == 2 and "BatchMultiClassNMS kernel takes float16 only" in proc.stderr
+    assert proc.stderr.strip().endswith("(--precision-mode)")
 
 
 def test_dry_run_prints_command_with_soc_from_npu_smi(tmp_path):
@@ -126,17 +143,33 @@ def test_missing_npu_smi_and_atc_are_named(tmp_path):
     assert line.startswith("error: atc is not on PATH") and line.endswith("(atc)") and "CANN" in line
 
 
-def test_runs_atc_when_present(tmp_path):
+def fake_atc(folder: Path, log: Path, suffix: str | None) -> Path:
+    """An atc that records its arguments and, like the real one, writes `<--output><suffix>` (None: writes nothing)."""
+    write = f'out="${{out#--output=}}"; echo om > "${{out}}{suffix}"\n' if suffix is not None else ""
+    body = f'printf "%s\\n" "$@" > {log}\nout=$(grep -- "^--output=" {log})\n{write}'
+    return write_script(folder, "atc", body).parent
+
+
+@pytest.mark.parametrize("suffix", [".om", "_linux_x86_64.om"])
+def test_runs_atc_and_prints_the_om_it_wrote(tmp_path, suffix):
     model = write_onnx(tmp_path / "m.onnx", batch=1)
     log = tmp_path / "atc_args.txt"
-    bin_dir = write_script(tmp_path / "bin", "atc", f'printf "%s\\n" "$@" > {log}\n').parent
+    bin_dir = fake_atc(tmp_path / "bin", log, suffix)
     proc = run_cli("--onnx", str(model), "--output", str(tmp_path / "m"), "--soc", "Ascend310P3", "--log", "error",
                    path_dirs=[bin_dir])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{tmp_path / 'm'}.om"
+    assert proc.stdout.strip() == f"{tmp_path / 'm'}{suffix}" and Path(proc.stdout.strip()).is_file()
     assert log.read_text().splitlines() == [
         "--framework=5", f"--model={model}", f"--output={tmp_path / 'm'}", "--input_format=NCHW",
         "--input_shape=input:1,3,64,64", "--log=error", "--soc_version=Ascend310P3"]
+
+
+def test_atc_that_writes_no_om_is_one_line(tmp_path):
+    model = write_onnx(tmp_path / "m.onnx", batch=1)
+    bin_dir = fake_atc(tmp_path / "bin", tmp_path / "atc_args.txt", None)
+    proc = run_cli("--onnx", str(model), "--output", str(tmp_path / "m"), "--soc", "Ascend310P3", path_dirs=[bin_dir])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: atc exited 0 but wrote no {tmp_path / 'm'}.om (--output)"
 
 
 def test_atc_failure_is_one_line(tmp_path):

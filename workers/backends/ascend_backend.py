@@ -1,6 +1,7 @@
 """Runs an om model on one Ascend NPU through ais_bench's `InferSession` (not run on hardware by our tests)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +9,17 @@ import numpy as np
 from model.config import MODEL
 from workers.backends import BackendUnavailable
 from workers.backends.base import MAX_DETS, Backend, InferenceBatch
+from workers.backends.om_file import usable_om
+from workers.npu_host import acl_device_id
 
+log = logging.getLogger("workers.backends.ascend")
 INSTALL_HINT = ("install CANN (source /usr/local/Ascend/ascend-toolkit/set_env.sh) and the aclruntime + ais_bench "
                 "wheels of Huawei's ait benchmark tool")
+DETS_NAMES, LABELS_NAMES = ("dets", "boxes"), ("labels",)
 
 
 def parse_device_id(device: str | int) -> int:
-    """`npu:3`, `3` or 3 -> 3."""
+    """`npu:3`, `3` or 3 -> 3 (the host's logical device, the label of lease and report)."""
     text = str(device)
     if text.startswith("npu:"):
         text = text[4:]
@@ -47,6 +52,32 @@ def to_contract(dets: np.ndarray, labels: np.ndarray, batch_size: int,
     return out_dets, out_labels
 
 
+def output_name(name: str) -> str:
+    """The ONNX output name in an om output's name: ATC writes `<op>:<index>:<onnx name>`
+    (aclmdlGetOutputNameByIndex, ONNX models); a plain name is returned as it is."""
+    return name.rsplit(":", 1)[-1]
+
+
+def pick_outputs(names: list[str], outputs: list, batch: int, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """dets and labels among an om's outputs: by ONNX name, else by size (dets has 5 values per labels entry)."""
+    if len(outputs) < 2:
+        raise RuntimeError(f"ais_bench returned {len(outputs)} outputs where the om has {len(names)}: the execute "
+                           f"failed on the device (CANN's log under ~/ascend/log says why) ({model})")
+    by_name = {output_name(n): o for n, o in zip(names, outputs)}
+    dets = next((by_name[n] for n in DETS_NAMES if n in by_name), None)
+    labels = next((by_name[n] for n in LABELS_NAMES if n in by_name), None)
+    if dets is not None and labels is not None:
+        return dets, labels
+    sizes = [np.asarray(o).size for o in outputs]
+    pairs = [(i, j) for i in range(len(outputs)) for j in range(len(outputs))
+             if i != j and sizes[j] and sizes[i] == 5 * sizes[j] and sizes[j] % batch == 0]
+    if len(pairs) == 1:
+        return outputs[pairs[0][0]], outputs[pairs[0][1]]
+    shapes = ", ".join(f"{n} {list(np.asarray(o).shape)}" for n, o in zip(names, outputs))
+    raise ValueError(f"cannot tell dets from labels among the om's outputs ({shapes}): name them dets and labels "
+                     f"in the ONNX export ({model})")
+
+
 def import_infer_session():
     """ais_bench's InferSession class, or BackendUnavailable saying what to install."""
     try:
@@ -64,7 +95,9 @@ class AscendBackend(Backend):
 
     def __init__(self, model_path: str | Path, device: str | int = "npu:0", score_thr: float = MODEL.score_thr):
         self.model_path = str(model_path)
-        self.device_id = parse_device_id(device)
+        self.device_index = parse_device_id(device)
+        self.acl_device_id: int | None = None
+        self.loaded_path: str | None = None
         self.score_thr = score_thr
         self.session = None
         self.input_names: list[str] = []
@@ -75,7 +108,9 @@ class AscendBackend(Backend):
         if not Path(self.model_path).is_file():
             raise FileNotFoundError(f"no such om model ({self.model_path})")
         infer_session = import_infer_session()
-        self.session = infer_session(device_id=self.device_id, model_path=self.model_path)
+        self.acl_device_id = acl_device_id(self.device_index)
+        self.loaded_path = usable_om(self.model_path)
+        self.session = infer_session(device_id=self.acl_device_id, model_path=self.loaded_path)
         inputs = self.session.get_inputs()
         self.input_names = [i.name for i in inputs]
         self.input_shape = [int(d) for d in inputs[0].shape]
@@ -84,15 +119,8 @@ class AscendBackend(Backend):
                              f"[N,3,H,W] ({self.model_path})")
         self.fixed_batch = self.input_shape[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def _outputs(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Pick dets and labels among the graph outputs: by name when named so, else the first two in order."""
-        by_name = dict(zip(self.output_names, outputs))
-        dets = by_name.get("dets", by_name.get("boxes"))
-        labels = by_name.get("labels")
-        if dets is None or labels is None:
-            dets, labels = outputs[0], outputs[1]
-        return dets, labels
+        log.info("npu:%d runs as ACL device %d; om outputs %s", self.device_index, self.acl_device_id,
+                 ", ".join(self.output_names))
 
     def _run(self, images: np.ndarray, clip_hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = self.fixed_batch
@@ -103,7 +131,7 @@ class AscendBackend(Backend):
             pad = n - feeds[0].shape[0]
             feeds = [np.concatenate([f, np.zeros((pad,) + f.shape[1:], f.dtype)]) for f in feeds]
         outputs = self.session.infer(feeds, mode="static")
-        dets, labels = self._outputs(outputs)
+        dets, labels = pick_outputs(self.output_names, list(outputs or []), n, self.model_path)
         dets, labels = to_contract(dets, labels, n, self.score_thr)
         return dets[:images.shape[0]], labels[:images.shape[0]]
 
@@ -119,13 +147,16 @@ class AscendBackend(Backend):
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def describe(self) -> dict:
-        return {"backend": self.name, "model": self.model_path, "device": f"npu:{self.device_id}",
+        return {"backend": self.name, "model": self.model_path, "loaded_from": self.loaded_path,
+                "device": f"npu:{self.device_index}", "acl_device_id": self.acl_device_id,
                 "runtime": "ais_bench InferSession", "input_shape": self.input_shape,
-                "fixed_batch": self.fixed_batch}
+                "output_names": self.output_names, "fixed_batch": self.fixed_batch}
 
     def close(self) -> None:
         if self.session is not None:
-            free = getattr(self.session, "free_resource", None)
+            # 2024+ ais_bench frees one session with free_resource (its finalize is a static call that tears
+            # down every session of the process); the 2023 release has only the instance's finalize.
+            free = getattr(self.session, "free_resource", None) or getattr(self.session, "finalize", None)
             if free is not None:
                 free()
             self.session = None

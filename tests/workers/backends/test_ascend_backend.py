@@ -1,72 +1,55 @@
-"""AscendBackend with a test double in place of ais_bench's InferSession (no NPU here).
+"""AscendBackend against the ais_bench test double (tests/doubles: no NPU here), built from ais_bench's real API.
 
-The double records how it was created and fed, and answers with outputs laid out as an Ascend om
-answers: our export's `dets`/`labels`, or the recipe's `boxes`/`labels` without a batch dimension
-and with zero padding rows of class 0.
+The double's "new" release runs ais_bench's model-path checks in its constructor and names outputs as ATC
+does (`<op>:<index>:<onnx name>`); its "old" release answers a failed execute with `[]`.
 """
 from __future__ import annotations
 
+import importlib
+import json
+import os
 import sys
-import types
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.preprocess import plan_geometry
+from workers import npu_host
 from workers.backends import BackendUnavailable, create_backend
-from workers.backends.ascend_backend import AscendBackend, parse_device_id, to_contract
+from workers.backends.ascend_backend import AscendBackend, output_name, parse_device_id, pick_outputs, to_contract
 from workers.backends.base import InferenceBatch
+from workers.backends.om_file import path_problems
+
+DOUBLES = Path(__file__).resolve().parents[2] / "doubles"
 
 
-@dataclass
-class TensorDescTestDouble:
-    name: str
-    shape: list
+@pytest.fixture
+def ais(monkeypatch, tmp_path):
+    """The double's `ais_bench.infer.interface`, importable as ais_bench; om copies go to a private cache."""
+    monkeypatch.syspath_prepend(str(DOUBLES))
+    for name in [m for m in sys.modules if m == "ais_bench" or m.startswith("ais_bench.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setenv("EVALUATOR_OM_CACHE", str(tmp_path / "om_cache"))
+    monkeypatch.delenv(npu_host.VISIBLE_ENV, raising=False)
+    monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(npu_host, "DEV_DIR", tmp_path / "no_dev")  # no /dev/davinci node: npu:N is ACL id N
+    interface = importlib.import_module("ais_bench.infer.interface")
+    interface._Session.created = []
+    return interface
 
 
-class InferSessionTestDouble:
-    """Stands in for ais_bench.infer.interface.InferSession; `respond(feeds)` gives the outputs."""
-
-    created: list = []
-
-    def __init__(self, device_id, model_path, respond, input_names, input_shape, output_names):
-        self.device_id, self.model_path = device_id, model_path
-        self.respond, self.feeds, self.freed = respond, [], False
-        self._inputs = [TensorDescTestDouble(n, input_shape if i == 0 else [input_shape[0], 2])
-                        for i, n in enumerate(input_names)]
-        self._outputs = [TensorDescTestDouble(n, []) for n in output_names]
-        InferSessionTestDouble.created.append(self)
-
-    def get_inputs(self):
-        return self._inputs
-
-    def get_outputs(self):
-        return self._outputs
-
-    def infer(self, feeds, mode="static"):
-        assert mode == "static"
-        self.feeds.append([f.copy() for f in feeds])
-        return self.respond(feeds)
-
-    def free_resource(self):
-        self.freed = True
+def write_om(path: Path, inputs=(("input", [2, 3, 64, 64]),), outputs=(("dets", [2, 100, 5]), ("labels", [2, 100])),
+             mode: int = 0o640) -> Path:
+    """A stand-in om: the double reads its inputs and outputs from this JSON."""
+    path.write_text(json.dumps({"inputs": [list(i) for i in inputs], "outputs": [list(o) for o in outputs]}))
+    path.chmod(mode)
+    return path
 
 
-def install_test_double(monkeypatch, respond, input_names=("input",), input_shape=(2, 3, 64, 64),
-                        output_names=("dets", "labels")):
-    """Make `from ais_bench.infer.interface import InferSession` return the test double."""
-    InferSessionTestDouble.created = []
-
-    def factory(device_id, model_path):
-        return InferSessionTestDouble(device_id, model_path, respond, list(input_names), list(input_shape),
-                                      list(output_names))
-
-    interface = types.ModuleType("ais_bench.infer.interface")
-    interface.InferSession = factory
-    monkeypatch.setitem(sys.modules, "ais_bench", types.ModuleType("ais_bench"))
-    monkeypatch.setitem(sys.modules, "ais_bench.infer", types.ModuleType("ais_bench.infer"))
-    monkeypatch.setitem(sys.modules, "ais_bench.infer.interface", interface)
+@pytest.fixture
+def om_file(tmp_path):
+    return write_om(tmp_path / "model_bs2.om")
 
 
 def make_batch(n_images: int, n_rows: int, size: int = 64) -> InferenceBatch:
@@ -88,16 +71,15 @@ def graph_outputs(batch: int) -> tuple[np.ndarray, np.ndarray]:
     return dets, labels
 
 
-@pytest.fixture
-def om_file(tmp_path):
-    path = tmp_path / "model_bs2.om"
-    path.write_bytes(b"om")
-    return path
+def by_name(feeds, outputs):
+    """Answer every declared output by its ONNX name, in the om's order."""
+    dets, labels = graph_outputs(feeds[0].shape[0])
+    return [{"dets": dets, "boxes": dets, "labels": labels}.get(n, dets) for n, _ in outputs]
 
 
 def test_created_by_the_backend_factory(om_file):
     backend = create_backend("ascend", model=str(om_file), device="npu:2")
-    assert isinstance(backend, AscendBackend) and backend.device_id == 2 and backend.session is None
+    assert isinstance(backend, AscendBackend) and backend.device_index == 2 and backend.session is None
 
 
 def test_parse_device_id():
@@ -118,12 +100,14 @@ def test_to_contract_recipe_layout_maps_padding():
     assert (labs[0, 1:] == -1).all() and (dets[0, 1:] == 0).all()
 
 
-def test_load_infer_close_through_infer_session(monkeypatch, om_file):
-    install_test_double(monkeypatch, lambda feeds: list(graph_outputs(feeds[0].shape[0])))
-    backend = AscendBackend(om_file, device="npu:1")
+def test_load_infer_close_with_atc_output_names_labels_first(ais, tmp_path, monkeypatch):
+    om = write_om(tmp_path / "model_bs2.om", outputs=(("labels", [2, 100]), ("dets", [2, 100, 5])))
+    monkeypatch.setattr(ais._Session, "respond", staticmethod(by_name))
+    backend = AscendBackend(om, device="npu:1")
     backend.load()
-    session = InferSessionTestDouble.created[0]
-    assert (session.device_id, session.model_path, backend.fixed_batch) == (1, str(om_file), 2)
+    session = ais._Session.created[0]
+    assert (session.device_id, session.model_path, backend.fixed_batch) == (1, str(om), 2)
+    assert backend.output_names == ["PartitionedCall_labels_0:0:labels", "PartitionedCall_dets_1:1:dets"]
     batch = make_batch(2, 2)
     dets, labels = backend.infer(batch)
     assert dets.shape == (2, 100, 5) and dets.dtype == np.float32 and labels.dtype == np.int64
@@ -131,17 +115,17 @@ def test_load_infer_close_through_infer_session(monkeypatch, om_file):
     assert dets[1, 0, 0] == 1 and (dets[:, 3:] == 0).all()
     assert len(session.feeds) == 1 and len(session.feeds[0]) == 1  # no clip_hw input in the om: not fed
     assert np.array_equal(session.feeds[0][0], batch.images)
-    assert backend.describe()["device"] == "npu:1"
+    assert backend.describe()["device"] == "npu:1" and backend.describe()["acl_device_id"] == 1
     backend.close()
     assert session.freed and backend.session is None
-    assert len(InferSessionTestDouble.created) == 1  # one session per worker process
+    assert len(ais._Session.created) == 1  # one session per worker process
 
 
-def test_short_and_long_batches_are_padded_and_split(monkeypatch, om_file):
-    install_test_double(monkeypatch, lambda feeds: list(graph_outputs(feeds[0].shape[0])))
+def test_short_and_long_batches_are_padded_and_split(ais, om_file, monkeypatch):
+    monkeypatch.setattr(ais._Session, "respond", staticmethod(by_name))
     backend = AscendBackend(om_file)
     backend.load()
-    session = InferSessionTestDouble.created[0]
+    session = ais._Session.created[0]
     dets, labels = backend.infer(make_batch(1, 1))  # short: one empty canvas added, its rows dropped
     assert dets.shape == (1, 100, 5) and session.feeds[-1][0].shape[0] == 2
     assert not session.feeds[-1][0][1].any()
@@ -150,26 +134,73 @@ def test_short_and_long_batches_are_padded_and_split(monkeypatch, om_file):
     assert dets[2, 0, 0] == 0  # third image is row 0 of the second call
 
 
-def test_recipe_om_outputs_and_clip_input(monkeypatch, om_file):
-    def respond(feeds):  # batch-1 om with a clip input, outputs named as the recipe's export
+def test_recipe_om_outputs_and_clip_input(ais, tmp_path, monkeypatch):
+    def respond(feeds, outputs):  # batch-1 om with a clip input, outputs named as the recipe's export
         boxes = np.zeros((100, 5), np.float32)
         boxes[0] = [3, 4, 50, 60, 0.7]
         labels = np.zeros(100, np.int64)
         labels[0] = 15
         return [boxes, labels]
 
-    install_test_double(monkeypatch, respond, input_names=("input", "clip_hw"), input_shape=(1, 3, 64, 64),
-                        output_names=("boxes", "labels"))
-    backend = AscendBackend(om_file)
+    om = write_om(tmp_path / "recipe_bs1.om", inputs=(("input", [1, 3, 64, 64]), ("clip_hw", [1, 2])),
+                  outputs=(("boxes", [100, 5]), ("labels", [100])))
+    monkeypatch.setattr(ais._Session, "respond", staticmethod(respond))
+    backend = AscendBackend(om)
     backend.load()
     dets, labels = backend.infer(make_batch(1, 1))
     assert labels[0, 0] == 15 and (labels[0, 1:] == -1).all()
-    fed = InferSessionTestDouble.created[0].feeds[0]
+    fed = ais._Session.created[0].feeds[0]
     assert len(fed) == 2 and fed[1].tolist() == [[64.0, 64.0]]
 
 
-def test_wrong_input_size_and_missing_runtime(monkeypatch, om_file):
-    install_test_double(monkeypatch, lambda feeds: list(graph_outputs(2)))
+def test_outputs_without_our_names_are_told_apart_by_size_or_refused():
+    dets, labels = graph_outputs(2)
+    got = pick_outputs(["Concat_9:0:out1", "Cast_3:0:out0"], [labels, dets], 2, "m.om")
+    assert got[0] is dets and got[1] is labels
+    with pytest.raises(ValueError, match=r"cannot tell dets from labels .*\(m\.om\)"):
+        pick_outputs(["a:0:x", "b:0:y"], [labels, labels], 2, "m.om")
+    assert output_name("PartitionedCall_dets_1:1:dets") == "dets" and output_name("dets") == "dets"
+
+
+def test_a_failed_execute_of_the_old_release_is_one_line(ais, om_file, monkeypatch):
+    monkeypatch.setattr(ais, "InferSession", ais.OldInferSession)
+    monkeypatch.setenv("AIS_DOUBLE_FAIL_EXECUTE", "1")
+    backend = AscendBackend(om_file)
+    backend.load()
+    with pytest.raises(RuntimeError, match=r"ais_bench returned 0 outputs where the om has 2: the execute failed"):
+        backend.infer(make_batch(2, 2))
+    session = ais._Session.created[0]
+    backend.close()
+    assert session.freed  # the old release frees through finalize
+
+
+@pytest.mark.parametrize("problem", ["foreign owner", "group writable", "symlink", "odd name", "no .om suffix"])
+def test_an_om_that_ais_bench_refuses_is_loaded_from_a_private_copy(ais, tmp_path, problem, caplog):
+    om = write_om(tmp_path / "model_bs2.om")
+    if problem == "foreign owner":
+        os.chown(om, 4321, 4321)
+    elif problem == "group writable":
+        om.chmod(0o664)
+    elif problem == "symlink":
+        link = tmp_path / "linked.om"
+        link.symlink_to(om)
+        om = link
+    elif problem == "odd name":
+        om = om.rename(tmp_path / "model (bs 2).om")
+    else:
+        om = om.rename(tmp_path / "model_bs2.bin")
+    with pytest.raises(ValueError):  # the double refuses the file as ais_bench would
+        ais.NewInferSession(device_id=0, model_path=str(om))
+    assert path_problems(om)
+    backend = AscendBackend(om)
+    backend.load()
+    loaded = Path(ais._Session.created[-1].model_path)
+    assert loaded.parent == tmp_path / "om_cache" and loaded.suffix == ".om" and oct(loaded.stat().st_mode)[-3:] == "640"
+    assert loaded.read_bytes() == om.read_bytes() and not path_problems(loaded)
+    assert "using a private copy" in caplog.text
+
+
+def test_missing_runtime_and_wrong_input_size(ais, om_file, monkeypatch):
     backend = AscendBackend(om_file)
     backend.load()
     with pytest.raises(ValueError, match="does not fit the om input"):
@@ -177,3 +208,32 @@ def test_wrong_input_size_and_missing_runtime(monkeypatch, om_file):
     monkeypatch.setitem(sys.modules, "ais_bench.infer.interface", None)  # import now fails
     with pytest.raises(BackendUnavailable, match="aclruntime"):
         AscendBackend(om_file).load()
+
+
+def test_acl_device_id_counts_only_what_this_process_sees(tmp_path, monkeypatch):
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name in ("davinci3", "davinci5", "davinci_manager", "devmm_svm"):
+        (dev / name).touch()
+    monkeypatch.delenv(npu_host.VISIBLE_ENV, raising=False)
+    monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES", raising=False)
+    assert npu_host.acl_device_id(3, dev) == 0 and npu_host.acl_device_id(5, dev) == 1
+    with pytest.raises(ValueError, match=r"npu:4 is not visible to this process \(it sees npu:3, npu:5\)"):
+        npu_host.acl_device_id(4, dev)
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "1")
+    assert npu_host.acl_device_id(5, dev) == 0
+    with pytest.raises(ValueError, match="ASCEND_RT_VISIBLE_DEVICES=1 hides"):
+        npu_host.acl_device_id(3, dev)
+    monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES")
+    monkeypatch.setenv(npu_host.VISIBLE_ENV, "7")  # said explicitly: the nodes are not consulted
+    assert npu_host.acl_device_id(7, dev) == 0
+    monkeypatch.delenv(npu_host.VISIBLE_ENV)
+    assert npu_host.acl_device_id(2, tmp_path / "no_such_dev") == 2  # nothing known: the host number
+
+
+def test_the_backend_opens_the_acl_id_of_its_device(ais, om_file, monkeypatch):
+    monkeypatch.setenv(npu_host.VISIBLE_ENV, "3")  # a container given /dev/davinci3 alone
+    backend = AscendBackend(om_file, device="npu:3")
+    backend.load()
+    assert ais._Session.created[0].device_id == 0
+    assert backend.describe()["device"] == "npu:3" and backend.describe()["acl_device_id"] == 0

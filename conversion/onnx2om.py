@@ -152,8 +152,8 @@ def written_om(output: str) -> Path | None:
     """The file atc wrote for --output: `<output>.om`, or `<output>_<os>_<arch>.om` when it names the run
     environment (ATC's --host_env_os / --host_env_cpu, e.g. `xxx_linux_x86_64.om`); the newest if several."""
     base = Path(output)
-    found = [p for p in base.parent.glob(f"{glob.escape(base.name)}*.om")
-             if p.name == f"{base.name}.om" or re.fullmatch(re.escape(base.name) + r"_[a-z]+_[A-Za-z0-9_]+\.om", p.name)]
+    named = re.compile(re.escape(base.name) + r"(_[a-z]+_[A-Za-z0-9_]+)?\.om")
+    found = [p for p in base.parent.glob(f"{glob.escape(base.name)}*.om") if named.fullmatch(p.name)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

@@ -56,6 +56,11 @@ def run(args) -> int:
     batch = parse_batch(args.batch) if args.batch else (1 if args.target == "ascend" else None)
     if args.target == "ascend" and batch is None:
         raise UsageError("the Ascend graph needs a fixed batch: ATC compiles static shapes (--batch)")
+    if args.size_mode == "mmdet" and args.target != "onnxruntime":
+        raise UsageError("mmdet mode (dynamic height and width) is for --target onnxruntime: the Ascend recipe's om "
+                         "is compiled for the static canvas (--size-mode)")
+    if args.nms_fp32 and args.target != "ascend":
+        raise UsageError("--nms-fp32 concerns the Ascend graph's BatchMultiClassNMS (--nms-fp32)")
     if args.input_size < 64 or args.input_size % 32:
         raise UsageError(f"input size {args.input_size} must be a multiple of 32, at least 64 (--input-size)")
     output = Path(args.output)
@@ -69,10 +74,10 @@ def run(args) -> int:
     from conversion.export.exporter import export_onnx
 
     start = time.perf_counter()
-    print(f"exporting {args.target} graph, batch {batch or 'dynamic'}, {args.input_size}x{args.input_size} ...",
-          file=sys.stderr)
+    shape = "any height and width (mmdet mode)" if args.size_mode == "mmdet" else f"{args.input_size}x{args.input_size}"
+    print(f"exporting {args.target} graph, batch {batch or 'dynamic'}, {shape} ...", file=sys.stderr)
     model = export_onnx(detector, output, target=args.target, batch=batch, size=args.input_size,
-                        nms_fp16=args.nms_fp16)
+                        nms_fp16=not args.nms_fp32, size_mode=args.size_mode)
     print(f"exported in {time.perf_counter() - start:.0f} s: {describe(model)}", file=sys.stderr)
     if not args.no_check:
         print(f"checked: {check_export(output, args.target, model)}", file=sys.stderr)
@@ -83,11 +88,13 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "pth2onnx", help="export the checkpoint to ONNX for ONNX Runtime or for Ascend ATC",
-        description="Export the detector with the static canvas geometry: input [B,3,S,S] -> dets [B,100,5], "
-                    "labels [B,100]. --target onnxruntime writes standard opset-19 ONNX (DeformConv, RoiAlign, "
-                    "NonMaxSuppression) with a clip_hw [B,2] input; --target ascend writes the graph ATC "
-                    "parses (DeformableConv2D, RoiExtractor, BatchMultiClassNMS; opset 11, fixed batch).",
+        description="Export the detector: input [B,3,S,S] (static canvas; --size-mode mmdet: [B,3,H,W], any padded "
+                    "size) -> dets [B,100,5], labels [B,100]. --target onnxruntime writes standard opset-19 ONNX "
+                    "(DeformConv, RoiAlign, NonMaxSuppression) with a clip_hw [B,2] input; --target ascend writes "
+                    "the graph ATC parses (DeformableConv2D, RoiExtractor, BatchMultiClassNMS fed float16; opset 11, "
+                    "fixed batch, static canvas).",
         epilog="example: python -m conversion pth2onnx --checkpoint dcn.pth --output dcn.onnx --target onnxruntime\n"
+               "         python -m conversion pth2onnx --checkpoint dcn.pth --output dcn_mmdet.onnx --size-mode mmdet\n"
                "         python -m conversion pth2onnx --checkpoint dcn.pth --output dcn_bs4.onnx --target ascend "
                "--batch 4",
     )
@@ -97,7 +104,11 @@ def register(subparsers) -> None:
     p.add_argument("--batch", help="fixed batch N, or `dynamic` (onnxruntime only; its default)")
     p.add_argument("--input-size", type=int, default=PREPROCESS.static_size,
                    help=f"S of the S x S canvas (default {PREPROCESS.static_size})")
-    p.add_argument("--nms-fp16", action="store_true",
-                   help="ascend: feed BatchMultiClassNMS float16 (CANN releases before 8.0 document only float16)")
+    p.add_argument("--size-mode", choices=("static", "mmdet"), default="static",
+                   help="onnxruntime: static S x S canvas (default) or mmdet (dynamic height and width: mmdet's "
+                        "keep-ratio 1333x800 protocol, the official AP)")
+    p.add_argument("--nms-fp32", action="store_true",
+                   help="ascend: feed BatchMultiClassNMS float32 instead of float16 (the 310P kernel takes float16 "
+                        "only; for comparing graphs, not for atc)")
     p.add_argument("--no-check", action="store_true", help="skip loading the result in ONNX Runtime")
     p.set_defaults(func=run)

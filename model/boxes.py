@@ -1,7 +1,8 @@
 """Box arithmetic of mmdet v2.8: delta decoding (clamp, then clip) and mmcv's batched NMS.
 
 Everything works on a leading batch dimension. The data-dependent part (which boxes survive
-NMS) is kept inside `batched_nms_padded`, so an exporter can swap it for a graph operator.
+NMS) is kept inside `batched_nms_padded`, the `nms` an exporter hands the heads instead
+(model/rpn.py LevelNMS, model/roi_head.py MulticlassNMS).
 """
 from __future__ import annotations
 
@@ -93,11 +94,24 @@ def batched_nms_padded(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Ten
     return keep_all
 
 
+def take_rows(values: Tensor, index: Tensor) -> Tensor:
+    """values [B, N, ...] at non-negative index [B, K] -> [B, K, ...] (no padding: no integer clamp in the graph,
+    which the Ascend graph's opset 11 lacks)."""
+    extra = values.shape[2:]
+    return values.gather(1, index.reshape(index.shape + (1,) * len(extra)).expand(index.shape + extra))
+
+
 def gather_rows(values: Tensor, index: Tensor, fill: float = 0) -> Tensor:
     """values [B, N, ...] at index [B, K] (-1 = padding) -> [B, K, ...], padding rows set to fill."""
     pad = index < 0
-    idx = index.clamp(min=0)
-    extra = values.shape[2:]
-    flat_idx = idx.reshape(idx.shape + (1,) * len(extra)).expand(idx.shape + extra)
-    out = values.gather(1, flat_idx)
-    return out.masked_fill(pad.reshape(pad.shape + (1,) * len(extra)), fill)
+    out = take_rows(values, index.clamp(min=0))
+    return out.masked_fill(pad.reshape(pad.shape + (1,) * (values.dim() - 2)), fill)
+
+
+def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest of each row in descending order, ties to the lower index: a stable sort in eager mode,
+    ONNX TopK (the same rule) when traced."""
+    if torch.jit.is_tracing():
+        return values.topk(k, dim=1)
+    ranked, index = values.sort(dim=1, descending=True, stable=True)
+    return ranked[:, :k], index[:, :k]

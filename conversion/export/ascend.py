@@ -2,42 +2,65 @@
 
 Each custom op is a torch.autograd.Function: its symbolic writes the node ATC parses, its forward is
 the reference computation in standard operators (the same code `lowering` splices back into the graph
-to check the file). The RPN runs one BatchMultiClassNMS per FPN level, as mmdet's per-level NMS
-does, rather than the recipe's single across-level call.
+to check the file). The Detector is built with three parts that call them (`ascend_parts`): the RPN
+runs one BatchMultiClassNMS per FPN level, as mmdet's per-level NMS does, rather than the recipe's
+single across-level call. BatchMultiClassNMS is fed float16: the 310P's kernel has float16 inputs only
+(CANN's aic-ascend310p-ops-info.json), and every sibling recipe casts with `.half()`.
 """
 from __future__ import annotations
-
-import contextlib
-import functools
 
 import torch
 from torch import Tensor
 from torch.onnx import symbolic_helper as sh
+from torchvision.ops import roi_align
 
-import model.roi_head
-from conversion.export.nms import NEG_INF, NonMaxSuppression, select_boxes, top_k
-from conversion.export.standard import level_top_k, map_roi_levels_exact, multilevel_roi_align_traceable, patched
+from conversion.export.nms import NEG_INF, NonMaxSuppression, select_boxes
 from conversion.export.symbolics import ASCEND_DOMAIN
-from model.boxes import decode_deltas
-from model.detector import Detector
+from model.boxes import take_rows, top_k
+from model.config import ModelConfig
+from model.roi_head import map_roi_levels, multilevel_roi_align
 
 RPN_SCORE_THR = 0.0  # the recipe's; sigmoid scores are positive, so no proposal is dropped by it
-
-
-def take_rows(values: Tensor, index: Tensor) -> Tensor:
-    """values [B, N, ...] at non-negative index [B, K] (gather_rows without its padding clamp: opset 11 has no
-    integer Clip)."""
-    extra = values.shape[2:]
-    return values.gather(1, index.reshape(index.shape + (1,) * len(extra)).expand(index.shape + extra))
+ROI_REFERENCES = ("mmdet", "cann")
 
 
 def roi_extractor_reference(f0: Tensor, f1: Tensor, f2: Tensor, f3: Tensor, rois: Tensor, finest_scale: float,
                             output_size: int, spatial_scales: tuple[float, ...], sample_num: int) -> Tensor:
     """mmdet's SingleRoIExtractor: each RoI [K, 5] pooled (aligned RoIAlign, avg) from its level of P2..P5."""
     feats = [f0, f1, f2, f3]
-    levels = map_roi_levels_exact(rois, finest_scale, len(feats))
+    levels = map_roi_levels(rois, finest_scale, len(feats))
     strides = tuple(1.0 / s for s in spatial_scales)
-    return multilevel_roi_align_traceable(feats, rois, levels, output_size, strides, sample_num)
+    return multilevel_roi_align(feats, rois, levels, output_size, strides, sample_num)
+
+
+def cann_roi_levels(rois: Tensor, finest_scale: float, num_levels: int) -> Tensor:
+    """CANN's RoiExtractor level (tbe/impl/roi_extractor.py `map_roi_levels`, `where_and_nonzero`): sqrt(area) in
+    float32, rounded to float16, then level 0 when <= 2*finest, l when in (finest*2^l, finest*2^(l+1)], the last
+    above finest*2^(L-1): `<=` bounds at 112 / 224 / 448 where mmdet's floor(log2) puts 112 in level 1."""
+    scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).to(torch.float16).float()
+    levels = torch.zeros_like(scale, dtype=torch.int64)
+    for level in range(1, num_levels):
+        levels = levels + (scale > float(finest_scale * 2 ** level)).to(torch.int64)
+    return levels
+
+
+def roi_extractor_cann_reference(f0: Tensor, f1: Tensor, f2: Tensor, f3: Tensor, rois: Tensor, finest_scale: float,
+                                 output_size: int, spatial_scales: tuple[float, ...], sample_num: int) -> Tensor:
+    """RoiExtractor as CANN 8.1.RC1's 310P kernel computes it, as far as standard operators can say: its level
+    rule (`cann_roi_levels`) and its RoIAlign, which shifts by -0.5 (aligned) and then clamps the RoI's width and
+    height to >= 1 feature pixel (`vec_max` with 1 - roi_end_mode, roi_end_mode 0) where mmcv's aligned RoIAlign
+    does not clamp. That is torchvision's unaligned RoIAlign (start x * s, size max(w * s, 1)) on RoIs moved by
+    -0.5 / s. Not modelled: the kernel's float16 sample-grid count and its float16 arithmetic inside."""
+    feats = [f0, f1, f2, f3]
+    levels = cann_roi_levels(rois, finest_scale, len(feats))
+    out = f0.new_zeros((rois.shape[0], f0.shape[1], output_size, output_size))
+    for level, (feat, scale) in enumerate(zip(feats, spatial_scales)):
+        index = (levels == level).nonzero().view(-1)
+        shift = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0], dtype=rois.dtype) * (0.5 / scale)
+        pooled = roi_align(feat, rois[index] - shift, output_size, spatial_scale=scale, sampling_ratio=sample_num,
+                           aligned=False)
+        out = out.index_put((index,), pooled)
+    return out
 
 
 def batch_multiclass_nms_reference(boxes: Tensor, scores: Tensor, score_thr: float, iou_threshold: float,
@@ -109,7 +132,7 @@ class BatchMultiClassNMS(torch.autograd.Function):
 
 def ascend_nms(boxes: Tensor, scores: Tensor, score_thr: float, iou_threshold: float, max_per_class: int,
                max_total: int, fp16: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """BatchMultiClassNMS, fed float16 as older CANN releases require when `fp16` (as the recipe does)."""
+    """BatchMultiClassNMS, fed float16 when `fp16` (the 310P kernel's only input type, as the recipes do)."""
     if fp16:
         boxes, scores = boxes.half(), scores.half()
     out_boxes, out_scores, classes, num = BatchMultiClassNMS.apply(boxes, scores, score_thr, iou_threshold,
@@ -117,65 +140,62 @@ def ascend_nms(boxes: Tensor, scores: Tensor, score_thr: float, iou_threshold: f
     return out_boxes.float(), out_scores.float(), classes.float(), num
 
 
-def rpn_forward(self, feats: list[Tensor], clip_hw: Tensor, nms_fp16: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """RPNHead.forward with one BatchMultiClassNMS per level, then the best nms_post over all levels."""
-    cfg = self.cfg
-    boxes, scores, valid = [], [], []
-    for level, feat in enumerate(feats):
-        score, delta, anchor = self.level_outputs(feat, level)
-        score, index = level_top_k(score, cfg.rpn_nms_pre)
-        box = decode_deltas(take_rows(anchor, index), take_rows(delta, index), cfg.rpn_stds, cfg.max_ratio,
-                            clip_hw)  # [B, k, 1, 4]
-        k = int(score.shape[1])  # static: ATC compiles fixed shapes
-        box, score, _, num = ascend_nms(box, score[..., None], RPN_SCORE_THR, cfg.rpn_nms_iou, k, k, nms_fp16)
-        boxes.append(box)
-        scores.append(score)
-        valid.append(torch.arange(k, device=score.device)[None, :] < num[:, None])
-    boxes, scores, valid = torch.cat(boxes, dim=1), torch.cat(scores, dim=1), torch.cat(valid, dim=1)
-    ranked, index = top_k(torch.where(valid, scores, torch.full_like(scores, NEG_INF)), cfg.rpn_nms_post)
-    keep = ranked > NEG_INF
-    proposals = take_rows(boxes, index)
-    proposals = torch.where(keep[..., None], proposals, torch.zeros_like(proposals))
-    return proposals, torch.where(keep, ranked, torch.zeros_like(ranked)), keep
+class AscendProposals:
+    """The RPN's `select_proposals`: one BatchMultiClassNMS per level, then the best nms_post over all levels."""
+
+    def __init__(self, cfg: ModelConfig, fp16: bool):
+        self.iou_threshold, self.max_out, self.fp16 = cfg.rpn_nms_iou, cfg.rpn_nms_post, fp16
+
+    def __call__(self, boxes: Tensor, scores: Tensor, levels: Tensor, level_sizes: list[int]
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        kept_boxes, kept_scores, valid, start = [], [], [], 0
+        for k in (int(n) for n in level_sizes):  # static: ATC compiles fixed shapes
+            box, score, _, num = ascend_nms(boxes[:, start:start + k, None, :], scores[:, start:start + k, None],
+                                            RPN_SCORE_THR, self.iou_threshold, k, k, self.fp16)
+            start += k
+            kept_boxes.append(box)
+            kept_scores.append(score)
+            valid.append(torch.arange(k, device=score.device)[None, :] < num[:, None])
+        boxes, scores, valid = torch.cat(kept_boxes, dim=1), torch.cat(kept_scores, dim=1), torch.cat(valid, dim=1)
+        ranked, index = top_k(torch.where(valid, scores, torch.full_like(scores, NEG_INF)), self.max_out)
+        keep = ranked > NEG_INF
+        proposals = take_rows(boxes, index)
+        proposals = torch.where(keep[..., None], proposals, torch.zeros_like(proposals))
+        return proposals, torch.where(keep, ranked, torch.zeros_like(ranked)), keep
 
 
-def make_roi_extract(finest_scale: float):
-    """The Detector's multilevel RoIAlign as one RoiExtractor node (the node maps RoIs to levels itself)."""
+class RoiExtractorPool:
+    """The RoI head's `roi_pool` as one RoiExtractor node (the node maps RoIs to levels itself)."""
 
-    def roi_extract(feats, rois, levels, output_size, strides, sampling_ratio):
-        return RoiExtractor.apply(*feats[:4], rois, finest_scale, output_size, tuple(1.0 / s for s in strides),
-                                  sampling_ratio)
+    def __init__(self, cfg: ModelConfig):
+        self.finest_scale, self.output_size = cfg.roi_finest_scale, cfg.roi_size
+        self.spatial_scales = tuple(1.0 / s for s in cfg.roi_strides)
+        self.sampling_ratio = cfg.roi_sampling_ratio
 
-    return roi_extract
+    def __call__(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+        return RoiExtractor.apply(*feats[:4], rois, self.finest_scale, self.output_size, self.spatial_scales,
+                                  self.sampling_ratio)
 
 
-def make_select_detections(fp16: bool):
-    """The box head's class-wise NMS as one BatchMultiClassNMS; rows past its count become padding."""
+class AscendDetections:
+    """The RoI head's `select_detections` as one BatchMultiClassNMS; rows past its count become padding."""
 
-    def select_detections(boxes, scores, valid, score_thr, iou_threshold, max_per_img):
-        num_classes = boxes.shape[2]
+    def __init__(self, cfg: ModelConfig, fp16: bool):
+        self.score_thr, self.iou_threshold, self.max_per_img, self.fp16 = (cfg.score_thr, cfg.nms_iou,
+                                                                           cfg.max_per_img, fp16)
+
+    def __call__(self, boxes: Tensor, scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        num_classes, max_per_img = boxes.shape[2], self.max_per_img
         cls_scores = scores[..., :num_classes] * valid[..., None].to(scores.dtype)  # padding proposals: score 0
-        out_boxes, out_scores, classes, num = ascend_nms(boxes, cls_scores, score_thr, iou_threshold, max_per_img,
-                                                         max_per_img, fp16)
+        out_boxes, out_scores, classes, num = ascend_nms(boxes, cls_scores, self.score_thr, self.iou_threshold,
+                                                         max_per_img, max_per_img, self.fp16)
         real = torch.arange(max_per_img, device=boxes.device)[None, :] < num[:, None]
         dets = torch.cat([out_boxes, out_scores[..., None]], dim=-1) * real[..., None].to(out_boxes.dtype)
         labels = torch.where(real, classes.round().to(torch.int64), torch.full_like(classes, -1, dtype=torch.int64))
         return dets, labels
 
-    return select_detections
 
-
-@contextlib.contextmanager
-def ascend_export_mode(detector: Detector, nms_fp16: bool = False):
-    """While active, `detector` computes through the Ascend ops (their reference forwards in eager mode)."""
-    rpn = detector.rpn_head
-    # An instance attribute shadows the class's forward.
-    rpn.forward = functools.partial(rpn_forward, rpn, nms_fp16=nms_fp16)
-    try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(patched(model.roi_head, "multilevel_roi_align",
-                                        make_roi_extract(detector.cfg.roi_finest_scale)))
-            stack.enter_context(patched(model.roi_head, "select_detections", make_select_detections(nms_fp16)))
-            yield
-    finally:
-        del rpn.forward
+def ascend_parts(cfg: ModelConfig, nms_fp16: bool = True) -> dict:
+    """The Detector's parts for the Ascend graph."""
+    return {"select_proposals": AscendProposals(cfg, nms_fp16), "roi_pool": RoiExtractorPool(cfg),
+            "select_detections": AscendDetections(cfg, nms_fp16)}

@@ -4,16 +4,22 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from functools import partial
 
 import onnx
 import torch
 from torch import Tensor, nn
 
+from conversion.export.nms import class_nms, level_nms
 from conversion.export.symbolics import ASCEND_DOMAIN, OPSETS, deform_conv_symbolic
-from model.config import PREPROCESS
+from model.config import PREPROCESS, ModelConfig
 from model.detector import Detector
+from model.roi_head import MulticlassNMS
+from model.rpn import LevelNMS, level_top_k_dynamic
 
 TARGETS = ("onnxruntime", "ascend")
+SIZE_MODES = ("static", "mmdet")
+MMDET_EXAMPLE_HW = (800, 1216)  # a typical mmdet-mode input to trace (keep-ratio 1333x800, padded to /32)
 
 
 class CanvasGraph(nn.Module):
@@ -29,11 +35,35 @@ class CanvasGraph(nn.Module):
         return self.detector(images, clip_hw)
 
 
-def example_input(batch: int, size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """A tracing example: normalised noise on the whole canvas (only shapes matter, no value is frozen)."""
+def onnxruntime_parts(cfg: ModelConfig, size_mode: str = "static") -> dict:
+    """The Detector's parts for the ONNX Runtime graph: its two NMS steps as ONNX NonMaxSuppression (the rest of
+    the model traces as it is); in mmdet mode (any input height and width) the per-level top-k as TopK(min(N, k))."""
+    parts = {"select_proposals": LevelNMS(cfg.rpn_nms_iou, cfg.rpn_nms_post,
+                                          nms=partial(level_nms, num_groups=len(cfg.anchor_strides))),
+             "select_detections": MulticlassNMS(cfg.score_thr, cfg.nms_iou, cfg.max_per_img,
+                                                nms=partial(class_nms, num_classes=cfg.num_classes))}
+    if size_mode == "mmdet":
+        parts["per_level_top_k"] = level_top_k_dynamic
+    return parts
+
+
+def graph_detector(detector: Detector, target: str, nms_fp16: bool = True, size_mode: str = "static") -> Detector:
+    """`detector`'s weights in a Detector built with the `target` graph's operators, in eval mode."""
+    if target == "onnxruntime":
+        parts = onnxruntime_parts(detector.cfg, size_mode)
+    else:
+        from conversion.export.ascend import ascend_parts
+        parts = ascend_parts(detector.cfg, nms_fp16)
+    built = Detector(detector.cfg, **parts)
+    built.load_state_dict(detector.state_dict())
+    return built.eval()
+
+
+def example_input(batch: int, hw: tuple[int, int], seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A tracing example: normalised noise on the whole input (only shapes matter, no value is frozen)."""
     gen = torch.Generator().manual_seed(seed)
-    images = torch.randn((batch, 3, size, size), generator=gen)
-    return images, torch.full((batch, 2), float(size))
+    images = torch.randn((batch, 3, hw[0], hw[1]), generator=gen)
+    return images, torch.tensor([[float(hw[0]), float(hw[1])]]).repeat(batch, 1)
 
 
 def trace_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -97,35 +127,37 @@ def fix_output_shapes(model: onnx.ModelProto, batch: int | None) -> onnx.ModelPr
 
 
 def export_onnx(detector: Detector, path: str | os.PathLike, target: str = "onnxruntime", batch: int | None = 1,
-                size: int = PREPROCESS.static_size, nms_fp16: bool = False) -> onnx.ModelProto:
+                size: int = PREPROCESS.static_size, nms_fp16: bool = True, size_mode: str = "static"
+                ) -> onnx.ModelProto:
     """Write the `target` graph of `detector` to `path` and return it; batch None = dynamic batch (onnxruntime).
 
     The ONNX Runtime graph passes `onnx.checker` (full check); the Ascend graph holds ATC's custom
     ops in the default domain, which no ONNX checker knows, so it is checked before they move there.
+    `nms_fp16` (Ascend): BatchMultiClassNMS fed float16, the 310P kernel's only input type. `size_mode` mmdet
+    (ONNX Runtime): input height and width are dynamic too (each batch one padded shape), for mmdet's protocol.
     """
-    from conversion.export.standard import standard_export_mode
-
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
     if target == "ascend" and batch is None:
         raise ValueError("the Ascend graph needs a fixed batch (ATC compiles static shapes)")
-    detector = detector.eval()
-    images, clip_hw = example_input(batch or 2, size)
+    if size_mode not in SIZE_MODES or (size_mode == "mmdet" and target != "onnxruntime"):
+        raise ValueError(f"size mode {size_mode!r}: the onnxruntime target takes static or mmdet, ascend static")
+    built = graph_detector(detector, target, nms_fp16, size_mode)
+    images, clip_hw = example_input(batch or 2, MMDET_EXAMPLE_HW if size_mode == "mmdet" else (size, size))
     if target == "onnxruntime":
-        graph, args = detector, (images, clip_hw)
+        graph, args = built, (images, clip_hw)
         names = ["input", "clip_hw"]
-        mode = standard_export_mode(detector.cfg)
     else:
         # A new wrapper module starts in training mode, and the exporter would run BN in it.
-        graph, args = CanvasGraph(detector, size).eval(), (images,)
+        graph, args = CanvasGraph(built, size).eval(), (images,)
         names = ["input"]
-        from conversion.export.ascend import ascend_export_mode
-        mode = ascend_export_mode(detector, nms_fp16=nms_fp16)
     dynamic = None
-    if batch is None:
-        dynamic = {name: {0: "batch"} for name in names + ["dets", "labels"]}
-    with mode:
-        model = trace_onnx(graph, args, names, ["dets", "labels"], dynamic, target)
+    if batch is None or size_mode == "mmdet":
+        dynamic = {name: ({0: "batch"} if batch is None else {}) for name in names + ["dets", "labels"]}
+        if size_mode == "mmdet":
+            dynamic["input"].update({2: "height", 3: "width"})
+        dynamic = {name: axes for name, axes in dynamic.items() if axes}
+    model = trace_onnx(graph, args, names, ["dets", "labels"], dynamic, target)
     model = fix_output_shapes(share_constants(model), batch)
     onnx.checker.check_model(model, full_check=True)
     if target == "ascend":

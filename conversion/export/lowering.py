@@ -4,7 +4,9 @@ This is how the Ascend file is checked without an NPU: each DeformableConv2D, Ro
 BatchMultiClassNMS node is replaced by a subgraph exported from its torch reference (written from
 the op's documented semantics, MODEL_SPEC B.3-B.5) and the result must give the torch model's
 detections. The offset re-ordering, the mask and every attribute are read back from the node, so a
-wrong layout or attribute in the file shows up as wrong detections.
+wrong layout or attribute in the file shows up as wrong detections. RoiExtractor has two references:
+mmdet's (the torch model's) and CANN's kernel as far as standard operators can say (`roi="cann"`): the
+detections that move between the two are the best prediction of the om's we can make without an NPU.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch
 from onnx import helper, numpy_helper, version_converter
 from torchvision.ops import deform_conv2d
 
-from conversion.export.ascend import batch_multiclass_nms_reference, roi_extractor_reference
+from conversion.export.ascend import (ROI_REFERENCES, batch_multiclass_nms_reference, roi_extractor_cann_reference,
+                                      roi_extractor_reference)
 from conversion.export.exporter import trace_onnx
 from conversion.export.symbolics import ASCEND_DOMAIN, OPSETS
 
@@ -48,7 +51,7 @@ def _pair(values) -> tuple[int, int]:
     return (values[-2], values[-1]) if len(values) == 4 and values[:2] == [1, 1] else (values[0], values[1])
 
 
-def reference_model(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+def reference_model(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto], roi: str = "mmdet") -> onnx.ModelProto:
     """A standard opset-19 ONNX model computing `node` from its inputs `in0..inK` (every dimension symbolic)."""
     a = _attrs(node)
     if node.op_type == "DeformableConv2D":
@@ -64,7 +67,8 @@ def reference_model(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) 
         example = (torch.randn(1, cin, 9, 9), torch.from_numpy(w.copy()), torch.randn(1, 3 * kh * kw, out_h, out_w))
         dynamic = {"in0": [0, 2, 3], "in2": [0, 2, 3]}
     elif node.op_type == "RoiExtractor":
-        fn = _Reference(roi_extractor_reference, finest_scale=float(a["finest_scale"]),
+        reference = roi_extractor_cann_reference if roi == "cann" else roi_extractor_reference
+        fn = _Reference(reference, finest_scale=float(a["finest_scale"]),
                         output_size=int(a["pooled_height"]), spatial_scales=tuple(a["spatial_scale"]),
                         sample_num=int(a["sample_num"]))
         example = tuple(torch.randn(1, 4, 32 >> i, 32 >> i) for i in range(4)) + (
@@ -114,8 +118,11 @@ def _splice(node: onnx.NodeProto, sub: onnx.ModelProto, prefix: str) -> tuple[li
     return nodes, inits
 
 
-def lower_ascend_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the Ascend graph in standard opset-19 ONNX, each custom node replaced by its reference."""
+def lower_ascend_graph(model: onnx.ModelProto, roi: str = "mmdet") -> onnx.ModelProto:
+    """A copy of the Ascend graph in standard opset-19 ONNX, each custom node replaced by its reference
+    (RoiExtractor's: `roi` = mmdet or cann)."""
+    if roi not in ROI_REFERENCES:
+        raise ValueError(f"unknown RoiExtractor reference {roi!r}: {', '.join(ROI_REFERENCES)}")
     lowered = onnx.ModelProto()
     lowered.CopyFrom(model)
     for node in lowered.graph.node:
@@ -131,7 +138,7 @@ def lower_ascend_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain != ASCEND_DOMAIN:
             nodes.append(node)
             continue
-        sub_nodes, sub_inits = _splice(node, reference_model(node, weights), f"lowered{index}/")
+        sub_nodes, sub_inits = _splice(node, reference_model(node, weights, roi), f"lowered{index}/")
         nodes.extend(sub_nodes)
         inits.extend(sub_inits)
     del lowered.graph.node[:]

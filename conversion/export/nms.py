@@ -1,4 +1,5 @@
-"""Per-image, per-group NMS through ONNX `NonMaxSuppression`, with the Detector's `batched_nms_padded` contract.
+"""Per-image, per-group NMS through ONNX `NonMaxSuppression`: the `nms` operators the ONNX Runtime graph's Detector
+is built with (model/rpn.py LevelNMS and model/roi_head.py MulticlassNMS take them), same contract as the eager ones.
 
 ONNX NMS runs every (batch, class) pair on its own. The RPN's groups (FPN levels) become its classes;
 the box head's (image, class) pairs become its batches, since each class has its own boxes. Boxes are
@@ -10,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchvision.ops import nms
+
+from model.boxes import top_k
 
 NEG_INF = float("-inf")
 
@@ -59,14 +62,6 @@ def shift_by_group(boxes: Tensor, groups: Tensor, candidates: Tensor | None) -> 
     return boxes + offsets[..., None]
 
 
-def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """k largest per row, ties to the lower index: ONNX TopK's rule, and a stable sort's in eager mode."""
-    if torch.jit.is_tracing():
-        return values.topk(k, dim=1)
-    ranked, index = values.sort(dim=1, descending=True, stable=True)
-    return ranked[:, :k], index[:, :k]
-
-
 def padded_top(scores: Tensor, batch_index: Tensor, row_index: Tensor, num_rows: int, max_out: int) -> Tensor:
     """Kept (image, row) pairs -> [B, max_out] row indices in descending score order, -1 pads."""
     batch = scores.shape[0]
@@ -80,8 +75,8 @@ def padded_top(scores: Tensor, batch_index: Tensor, row_index: Tensor, num_rows:
     return index
 
 
-def level_nms(boxes: Tensor, scores: Tensor, groups: Tensor, num_groups: int, iou_threshold: float,
-              max_out: int) -> Tensor:
+def level_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, max_out: int,
+              num_groups: int) -> Tensor:
     """RPN: boxes [B, N, 4], scores [B, N], level of each row [N] -> [B, max_out] indices (-1 pads)."""
     shifted = shift_by_group(boxes, groups, None)
     member = groups[None, :] == torch.arange(num_groups, device=groups.device)[:, None]  # [G, N]
@@ -90,12 +85,12 @@ def level_nms(boxes: Tensor, scores: Tensor, groups: Tensor, num_groups: int, io
     return padded_top(scores, selected[:, 0], selected[:, 2], scores.shape[1], max_out)
 
 
-def class_nms(boxes: Tensor, scores: Tensor, num_classes: int, candidates: Tensor, iou_threshold: float,
-              max_out: int) -> Tensor:
-    """Box head: rows = (proposal, class) pairs, class fastest ([B, P*C, 4], [B, P*C]) -> [B, max_out] indices."""
+def class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, candidates: Tensor, iou_threshold: float,
+              max_out: int, num_classes: int) -> Tensor:
+    """Box head: rows = (proposal, class) pairs, class fastest ([B, P*C, 4], [B, P*C], labels [P*C]) -> [B, max_out]
+    indices; `num_classes` (static) lays the rows out per class."""
     batch, rows = scores.shape
     num = rows // num_classes
-    labels = torch.arange(num_classes, device=boxes.device).repeat(num)
     shifted = shift_by_group(boxes, labels, candidates)
     masked = torch.where(candidates, scores, torch.full_like(scores, NEG_INF))
     per_class_boxes = shifted.view(batch, num, num_classes, 4).transpose(1, 2).reshape(batch * num_classes, num, 4)

@@ -70,9 +70,27 @@ def ort_dynamic_512(detector, export_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ort_mmdet(detector, export_dir) -> Path:
+    """onnxruntime target in mmdet mode: dynamic batch, height and width (traced at 800 x 1216)."""
+    from conversion.export.exporter import export_onnx
+    path = export_dir / "ort_mmdet.onnx"
+    export_onnx(detector, path, target="onnxruntime", batch=None, size_mode="mmdet")
+    return path
+
+
+@pytest.fixture(scope="session")
 def ascend_512_b2(detector, export_dir) -> Path:
-    """ascend target, batch 2, 512 canvas."""
+    """ascend target as pth2onnx writes it (BatchMultiClassNMS fed float16), batch 2, 512 canvas."""
     from conversion.export.exporter import export_onnx
     path = export_dir / "ascend_512_b2.onnx"
     export_onnx(detector, path, target="ascend", batch=2, size=512)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ascend_512_b2_fp32(detector, export_dir) -> Path:
+    """The same graph with float32 NMS inputs: lowered to its references, it must give torch's detections exactly."""
+    from conversion.export.exporter import export_onnx
+    path = export_dir / "ascend_512_b2_fp32.onnx"
+    export_onnx(detector, path, target="ascend", batch=2, size=512, nms_fp16=False)
     return path

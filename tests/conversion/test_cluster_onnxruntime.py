@@ -40,7 +40,13 @@ def by_image(results: list[dict]) -> dict[int, list[dict]]:
     return grouped
 
 
-def test_onnxruntime_job_gives_predicts_detections(parity_checkpoint, ort_dynamic_512, photos, tmp_path):
+@pytest.fixture(params=["static", "mmdet"])
+def size_mode(request) -> str:
+    return request.param
+
+
+def test_onnxruntime_job_gives_predicts_detections(parity_checkpoint, size_mode, request, photos, tmp_path):
+    model = request.getfixturevalue("ort_dynamic_512" if size_mode == "static" else "ort_mmdet")
     data = tmp_path / "set"
     (data / "images").mkdir(parents=True)
     images, annotations = [], []
@@ -56,7 +62,7 @@ def test_onnxruntime_job_gives_predicts_detections(parity_checkpoint, ort_dynami
     ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
 
     out = run_cli("submit", "--annotations", str(ann), "--images", str(data / "images"), "--model",
-                  str(ort_dynamic_512), "--batch", "2", "--size-mode", "static", "--static-size", str(SIZE),
+                  str(model), "--batch", "2", "--size-mode", size_mode, "--static-size", str(SIZE),
                   "--devices", "cpu:0", "--warmup", "0", "--run-dir", str(tmp_path / "runs"), timeout_s=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     (report_path,) = (tmp_path / "runs").glob("*/report.json")
@@ -67,14 +73,14 @@ def test_onnxruntime_job_gives_predicts_detections(parity_checkpoint, ort_dynami
     predicted = tmp_path / "predict.json"
     proc = subprocess.run([sys.executable, "-m", "conversion", "predict", "--checkpoint", str(parity_checkpoint),
                            *[a for im in images for a in ("--image", str(data / "images" / im["file_name"]))],
-                           "--size-mode", "static", "--input-size", str(SIZE), "--out", str(predicted)],
+                           "--size-mode", size_mode, "--input-size", str(SIZE), "--out", str(predicted)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     reference = by_image(json.loads(predicted.read_text()))
 
     for im in images:
-        meta = plan_geometry(im["height"], im["width"], "static", static_size=SIZE)
-        # 0.05 px on the canvas is 0.05 / scale in the original image
+        meta = plan_geometry(im["height"], im["width"], size_mode, static_size=SIZE)
+        # 0.05 px on the network input is 0.05 / scale in the original image
         tol = 0.05 / min(meta.w_scale, meta.h_scale)
         ref, got = as_arrays(reference[im["id"]]), as_arrays(job[im["id"]])
         result = match_detections(ref[0], ref[1], got[0], got[1], box_tol=tol)

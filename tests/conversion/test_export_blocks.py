@@ -18,7 +18,6 @@ import model.roi_head  # noqa: E402
 from conversion.export.ascend import batch_multiclass_nms_reference  # noqa: E402
 from conversion.export.lowering import deformable_conv2d_reference, lower_ascend_graph  # noqa: E402
 from conversion.export.nms import class_nms, level_nms  # noqa: E402
-from conversion.export.standard import map_roi_levels_exact, multilevel_roi_align_traceable  # noqa: E402
 from conversion.export.symbolics import deform_conv_symbolic  # noqa: E402
 
 
@@ -87,14 +86,42 @@ def test_ascend_deformable_conv_reorders_offsets():
     assert np.abs(got - expected).max() <= 1e-5
 
 
-def test_roi_levels_exact_at_power_of_two_boundaries():
+def square_rois(sides: torch.Tensor) -> torch.Tensor:
+    zeros = torch.zeros_like(sides)
+    return torch.stack([zeros, zeros, zeros, sides, sides], 1)
+
+
+def test_roi_levels_traced_exactly_at_power_of_two_boundaries():
+    """Traced, the level is comparisons with powers of two; the graph gives the eager floor(log2) levels."""
     sides = torch.tensor([50.0, 111.99, 112.0, 112.01, 223.99, 224.0, 447.99, 448.0, 448.01, 900.0])
-    sides = torch.cat([sides, torch.rand(500) * 1000])
-    rois = torch.stack([torch.zeros_like(sides), torch.zeros_like(sides), torch.zeros_like(sides), sides, sides], 1)
+    rois = square_rois(torch.cat([sides, torch.rand(500) * 1000]))
     expected = model.roi_head.map_roi_levels(rois, 56.0, 4)
-    assert torch.equal(map_roi_levels_exact(rois, 56.0, 4), expected)
-    (got,) = run(export(lambda r: map_roi_levels_exact(r, 56.0, 4), (rois,), dynamic={"in0": [0]}), rois)
+    (got,) = run(export(lambda r: model.roi_head.map_roi_levels(r, 56.0, 4), (rois,), dynamic={"in0": [0]}), rois)
     assert np.array_equal(got, expected.numpy())
+
+
+def test_cann_roi_levels_round_the_scale_to_float16_and_keep_the_boundary_below():
+    """CANN's RoiExtractor: sqrt(area) in float16, level l for scale in (56*2^l, 56*2^(l+1)]; mmdet: [.., ..)."""
+    from conversion.export.ascend import cann_roi_levels
+    sides = torch.tensor([111.99, 112.0, 112.03, 112.1, 224.0, 448.0, 448.1, 448.2])
+    rois = square_rois(sides)
+    assert model.roi_head.map_roi_levels(rois, 56.0, 4).tolist() == [0, 1, 1, 1, 2, 3, 3, 3]
+    # 112.03 rounds to 112.0 in float16 (spacing 1/16 there), 448.1 to 448.0 (spacing 1/4), 448.2 to 448.25
+    assert cann_roi_levels(rois, 56.0, 4).tolist() == [0, 0, 0, 1, 1, 2, 2, 3]
+
+
+def test_cann_roi_align_clamps_thin_rois_to_one_feature_pixel():
+    """Where a RoI is under one feature pixel wide, CANN's RoIAlign pools over one pixel, mmcv's over less."""
+    from conversion.export.ascend import roi_extractor_cann_reference, roi_extractor_reference
+    gen = torch.Generator().manual_seed(4)
+    feats = [torch.randn(1, 4, 64 >> i, 64 >> i, generator=gen) for i in range(4)]
+    scales = (0.25, 0.125, 0.0625, 0.03125)
+    wide = torch.tensor([[0, 10.0, 10.0, 60.0, 50.0]])  # 12.5 x 10 feature pixels on level 0: no clamp
+    thin = torch.tensor([[0, 10.0, 10.0, 12.0, 60.0]])  # 0.5 feature pixel wide
+    for rois, equal in ((wide, True), (thin, False)):
+        mmdet = roi_extractor_reference(*feats, rois, 56.0, 7, scales, 0)
+        cann = roi_extractor_cann_reference(*feats, rois, 56.0, 7, scales, 0)
+        assert torch.allclose(mmdet, cann, atol=1e-5) is equal
 
 
 def random_rois(n: int, batch: int, size: float, gen) -> torch.Tensor:
@@ -111,8 +138,8 @@ def test_multilevel_roi_align_traced_with_empty_levels():
     strides = (4, 8, 16, 32)
 
     def fn(f0, f1, f2, f3, rois):
-        levels = map_roi_levels_exact(rois, 56.0, 4)
-        return multilevel_roi_align_traceable([f0, f1, f2, f3], rois, levels, 7, strides, 0)
+        levels = model.roi_head.map_roi_levels(rois, 56.0, 4)
+        return model.roi_head.multilevel_roi_align([f0, f1, f2, f3], rois, levels, 7, strides, 0)
 
     small = torch.tensor([[0, 10.0, 10.0, 40.0, 30.0], [1, 5.0, 5.0, 20.0, 60.0]])
     graph = export(fn, (*feats, small), dynamic={"in4": [0]})
@@ -135,7 +162,7 @@ def test_level_nms_equals_the_models_per_level_nms():
     boxes, scores = random_boxes(2, 600, gen), torch.rand(2, 600, generator=gen)
     levels = torch.arange(5).repeat_interleave(120)
     expected = model.boxes.batched_nms_padded(boxes, scores, levels, None, 0.7, 400)
-    graph = export(lambda b, s: level_nms(b, s, levels, 5, 0.7, 400), (boxes, scores))
+    graph = export(lambda b, s: level_nms(b, s, levels, 0.7, 400, num_groups=5), (boxes, scores))
     (got,) = run(graph, boxes, scores)
     assert np.array_equal(got, expected.numpy())
     assert (got >= 0).sum() < 2 * 600  # some boxes were suppressed
@@ -154,7 +181,8 @@ def test_class_nms_per_image_and_class(batch_run):
         return boxes, scores, (scores > 0.05) & valid.repeat_interleave(classes, dim=1)
 
     def fn(boxes, scores, candidates):
-        return class_nms(boxes, scores, classes, candidates, 0.5, 100)
+        labels = torch.arange(classes).repeat(proposals)
+        return class_nms(boxes, scores, labels, candidates, 0.5, 100, num_classes=classes)
 
     graph = export(fn, inputs(2), dynamic={f"in{i}": [0] for i in range(3)})
     boxes, scores, candidates = inputs(batch_run)

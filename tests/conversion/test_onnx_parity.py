@@ -101,3 +101,32 @@ def test_full_size_1216(detector, photos, torch_reference, export_dir):
     dets, labels = ort_session(path).run(["dets", "labels"], {"input": images, "clip_hw": clip})
     box, score = assert_all_matched("coffee 1216", torch_reference(coffee, 1216), (dets[0], labels[0]))
     print(f"\nonnxruntime vs torch, 1216, batch 1: max box diff {box:.2e} px, max score diff {score:.2e}")
+
+
+def mmdet_inputs(paths, flips):
+    import cv2
+
+    from model.preprocess import clip_sizes, load_image, preprocess
+    pairs = [preprocess(cv2.flip(load_image(p), 1) if f else load_image(p), "mmdet") for p, f in zip(paths, flips)]
+    return np.stack([x for x, _ in pairs]), clip_sizes([m for _, m in pairs])
+
+
+def test_mmdet_mode_graph_matches_torch_at_every_shape(detector, photos, ort_mmdet):
+    """mmdet mode: each photograph at its own keep-ratio shape (800 x 800, 800 x 1216), batch 1 and batch 2."""
+    onnx_model = onnx.load(str(ort_mmdet))
+    dims = [d.dim_param or d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    session = ort_session(ort_mmdet)
+    shapes = set()
+    for photo in photos:
+        for paths, flips in (([photo], [False]), ([photo, photo], [False, True])):
+            images, clip = mmdet_inputs(paths, flips)
+            shapes.add(images.shape[2:])
+            with torch.no_grad():
+                ref = detector(torch.from_numpy(images), torch.from_numpy(clip))
+            got = session.run(["dets", "labels"], {"input": images, "clip_hw": clip})
+            for b in range(len(paths)):
+                box, score = assert_all_matched(f"{photo.name} mmdet batch {len(paths)} row {b}",
+                                                (ref[0][b].numpy(), ref[1][b].numpy()), (got[0][b], got[1][b]))
+        print(f"\n{photo.name} {images.shape[2]}x{images.shape[3]}: max box diff {box:.2e} px, score {score:.2e}")
+    assert len(shapes) >= 2  # more than the traced shape

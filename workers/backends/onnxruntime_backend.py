@@ -68,6 +68,7 @@ class OnnxRuntimeBackend(Backend):
         self.provider_line = ""
         self.bound: BoundRun | None = None
         self.pid: int | None = None  # the process that created the session
+        self.fixed_hw: tuple[int, int] | None = None  # None: any height and width (an mmdet-mode export)
 
     def load(self) -> None:
         import onnxruntime as ort
@@ -94,8 +95,9 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"ONNX outputs {sorted(outputs)} lack dets/labels ({self.model_path})")
         self.input_name = "input" if "input" in inputs else next(iter(inputs))
         self.feeds_clip = "clip_hw" in inputs
-        batch_dim = inputs[self.input_name].shape[0]
-        self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        shape = inputs[self.input_name].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        self.fixed_hw = tuple(shape[2:4]) if all(isinstance(d, int) and d > 0 for d in shape[2:4]) else None
         if choice.io_device == "cuda":
             self.bound = BoundRun(self.session, "cuda", choice.device_id)
 
@@ -103,6 +105,12 @@ class OnnxRuntimeBackend(Backend):
         if self.pid != os.getpid():
             raise RuntimeError(f"the onnxruntime session was created in process {self.pid}, not this one: "
                                "create the backend in the worker process, after any fork")
+        if self.fixed_hw is not None and tuple(batch.images.shape[2:]) != self.fixed_hw:
+            h, w = self.fixed_hw
+            raise ValueError(f"the ONNX graph's input is fixed at {h}x{w}, the batch is "
+                             f"{batch.images.shape[2]}x{batch.images.shape[3]}: export it with `pth2onnx --size-mode "
+                             f"mmdet` for mmdet-mode jobs, or run --size-mode static --static-size {h} "
+                             f"({self.model_path})")
         feeds = {self.input_name: np.ascontiguousarray(batch.images, dtype=np.float32)}
         if self.feeds_clip:
             feeds["clip_hw"] = np.ascontiguousarray(batch.clip_hw, dtype=np.float32)
@@ -115,7 +123,8 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict:
         facts = {"backend": self.name, "model": self.model_path, "providers": self.providers,
-                 "fixed_batch": self.fixed_batch, "precision": self.precision}
+                 "fixed_batch": self.fixed_batch, "input_hw": list(self.fixed_hw) if self.fixed_hw else "any",
+                 "precision": self.precision}
         if self.provider_line:
             facts["provider_choice"] = self.provider_line
         return facts

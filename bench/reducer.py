@@ -25,10 +25,9 @@ from orchestrator.generated_set import detections_as_results, make_annotations, 
 from tasks.params import JobParams  # noqa: E402
 from tasks.reduce import reduce_job  # noqa: E402
 from tasks.shards import read_images  # noqa: E402
-from tasks.state import JobState, connect  # noqa: E402
+from tasks.state import JobState  # noqa: E402
 from tasks.streaming import ResultStream, follow_job  # noqa: E402
 
-FENCE = "lease:bench:cpu:0:fence"
 
 
 def write_job(state: JobState, job_id: str, ann: Path, results: list[dict], shard: int, coco_eval: str,
@@ -42,11 +41,12 @@ def write_job(state: JobState, job_id: str, ann: Path, results: list[dict], shar
     state.create(JobParams(job_id=job_id, annotation=str(ann), image_dir=str(ann.parent), backend="groundtruth",
                            batch=8, coco_eval=coco_eval), shards)
     state.set_status(job_id, "running")
-    state.r.set(FENCE, 1)
+    lease = state.device_lease("cpu:0", 3600, host="bench")  # the writer's fencing number, as a device has one
+    lease.try_acquire()
     payloads = [(i, {"image_ids": [im["id"] for im in s], "unreadable": {},
                      "results": [r for im in s for r in by_image.get(im["id"], [])]}) for i, s in enumerate(shards)]
     for i, payload in payloads[:-1] if not last else payloads:
-        state.write_result(job_id, i, payload, FENCE, 1)
+        state.write_result(job_id, i, payload, lease.fence_key, lease.fence)
     return payloads
 
 
@@ -67,7 +67,7 @@ def main() -> int:
               f"{args.shard} (generated in {time.time() - t0:.0f} s)", flush=True)
         server = RedisServer(tmp / "redis").start()
         try:
-            state = JobState(connect(server.url))
+            state = JobState.open(server.url)
             rows = []
             # streaming: the follower has everything but the last shard when it arrives
             payloads = write_job(state, "stream", ann, results, args.shard, "faster-coco-eval", last=False)
@@ -85,7 +85,9 @@ def main() -> int:
             follower.start()
             stream_ready.wait()
             t_last = time.time()
-            state.write_result("stream", payloads[-1][0], payloads[-1][1], FENCE, 1)
+            lease = state.device_lease("cpu:0", 3600, host="bench")
+            lease.try_acquire()
+            state.write_result("stream", payloads[-1][0], payloads[-1][1], lease.fence_key, lease.fence)
             follower.join()
             ResultStream.poll = original_poll
             rows.append(("streaming", "faster-coco-eval", time.time() - t_last, done["report"]))

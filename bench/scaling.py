@@ -69,15 +69,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def job_keys(state, job_id: str) -> list:
-    return list(state.r.scan_iter(f"job:{job_id}*", count=1000))
-
-
-def job_memory(state, job_id: str) -> float:
-    """MB of every key of the job (Redis' own MEMORY USAGE)."""
-    return sum(state.r.memory_usage(key, samples=0) or 0 for key in job_keys(state, job_id)) / 1e6
-
-
 class Rack:
     """The embedded cluster with up to N sim devices; `shrink` stops the devices above a count."""
 
@@ -89,7 +80,7 @@ class Rack:
         t0 = time.time()
         self.cluster.start()
         self.state = open_state(self.cluster.url)
-        while int(self.state.r.hlen("leases")) < len(self.devices) or not self._ready():
+        while self.state.leases.registered() < len(self.devices) or not self._ready():
             self.cluster.check_alive()
             time.sleep(0.5)
         print(f"# {len(self.devices)} device workers ready in {time.time() - t0:.0f} s", file=sys.stderr)
@@ -123,7 +114,7 @@ def warm_up(rack: Rack, ann: Path, backend: str) -> None:
         submit_job(state, params, images[:2 * len(rack.devices)], len(rack.devices), preprocess_first=False)
         wait_job(state, params.job_id, check_alive=rack.cluster.check_alive, timeout_s=300)
         ran = {r["device"] for r in state.batches(params.job_id)}
-        state.r.delete(*job_keys(state, params.job_id))
+        state.delete_job(params.job_id)
         if ran >= set(rack.devices):
             return
 
@@ -158,7 +149,7 @@ def run_job(rack: Rack, ann: Path, backend: str, store: str, ideal_s: float) -> 
     out = {"devices": n, "images": len(images), "ideal_s": ideal_s, "last_s": last,
            "ap_s": report["timestamps"]["done"] - t0, "busy": busy / (n * last), "steady": steady,
            "overhead_ms": (n * last - busy) / n_shards * 1000, "shards": n_shards,
-           "first_s": min(r["t_start"] for r in records) - t0, "redis_mb": job_memory(state, params.job_id),
+           "first_s": min(r["t_start"] for r in records) - t0, "redis_mb": state.job_memory_mb(params.job_id),
            "eval_s": report["timestamps"]["evaluate_s"], "ap": report["ap"]["stats"]["AP"],
            "ok": report["status"] == "done" and report["coverage"]["ok"],
            "wait_s": sum(r.get("wait_s", 0.0) for r in records), "cpu_s": cpu,
@@ -168,7 +159,7 @@ def run_job(rack: Rack, ann: Path, backend: str, store: str, ideal_s: float) -> 
         name = f"{n}dev-{params.backend.replace(':', '_').replace(',', '_').replace('@', '_')}-{len(images)}.json"
         (RECORDS / name).write_text(json.dumps({"out": out, "batches": records,
                                                 "shard_times": state.shard_times(params.job_id, 100000)}))
-    state.r.delete(*job_keys(state, params.job_id))  # keep Redis small
+    state.delete_job(params.job_id)  # keep Redis small
     return out
 
 

@@ -26,7 +26,7 @@ def run(args) -> int:
         where = ", ".join(f"shard {s} on {d}" for s, d in sorted(running.items()))
         print(f"error: still running after {args.timeout:g} s: {where}", file=sys.stderr)
         return 1
-    still = active_tasks(args.job)
+    still = active_tasks(state, args.job)
     if still:
         print(f"error: still running: {', '.join(still)}", file=sys.stderr)
         return 1

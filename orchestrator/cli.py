@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-import redis
-
-from tasks.app import configure
-from tasks.state import JobState, connect
+from tasks.state import BrokerError, JobState
 
 
 class UsageError(Exception):
@@ -23,12 +20,11 @@ def add_run_dir_arg(p: argparse.ArgumentParser) -> None:
 
 
 def open_state(url: str) -> JobState:
-    """Point the Celery app and job state at `url`; one-line error when Redis does not answer."""
-    configure(url)
-    state = JobState(connect(url))
+    """Job state (and the task sender) on the broker at `url`; one-line error when Redis does not answer."""
+    state = JobState.open(url)
     try:
-        state.r.ping()
-    except redis.RedisError as exc:
+        state.ping()
+    except BrokerError as exc:
         raise UsageError(f"cannot reach the broker: {exc} ({url})") from exc
     return state
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import redis
+from tasks.state import answers
 
 
 try:  # Linux: ask the kernel to signal a child when its parent dies
@@ -83,16 +83,12 @@ class RedisServer:
              "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--daemonize", "no",
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with(os.getpid()))
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.time() + timeout_s
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise ClusterError(f"redis-server did not start: {log_tail(self.folder / 'redis.log')}")
-                time.sleep(0.05)
+        while not answers(self.url):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise ClusterError(f"redis-server did not start: {log_tail(self.folder / 'redis.log')}")
+            time.sleep(0.05)
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

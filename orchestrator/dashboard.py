@@ -14,8 +14,8 @@ import sys
 from kombu.utils.url import maybe_sanitize_url
 
 from orchestrator.cli import UsageError, add_broker_arg, open_state, positive_int
-from tasks.app import app
-from tasks.params import broker_from_env
+from tasks.app import app, apply
+from tasks.settings import Settings, broker_from_env
 
 AUTH_ENV = "FLOWER_BASIC_AUTH"
 TASK_COLUMNS = "name,uuid,state,kwargs,result,received,started,runtime,worker"
@@ -41,6 +41,7 @@ def run(args) -> int:
     positive_int("--port", args.port)
     url = args.broker or broker_from_env()
     open_state(url)  # one-line error when the broker does not answer
+    apply(Settings().with_broker(url))
     host = "127.0.0.1" if args.address in ("", "0.0.0.0") else args.address
     print(f"dashboard: http://{host}:{args.port}/ (Flower; log in as {user}, password from {AUTH_ENV}; "
           f"broker {maybe_sanitize_url(url)})", file=sys.stderr, flush=True)

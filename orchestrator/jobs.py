@@ -5,7 +5,6 @@ import json
 import secrets
 import time
 
-from tasks.app import enqueue_job
 from tasks.params import JobParams
 from tasks.shards import plan_shards
 from tasks.state import FINISHED, JobState
@@ -28,7 +27,7 @@ def submit_job(state: JobState, params: JobParams, images: list[dict], n_devices
     if manifest:
         fields["manifest"] = json.dumps(manifest)
     state.set_status(params.job_id, "running", **fields)  # before any task can finish it
-    enqueue_job(params.job_id, len(shards), params.batch, preprocess_first=preprocess_first)
+    state.tasks.job(params.job_id, len(shards), params.batch, preprocess_first=preprocess_first)
     return len(shards)
 
 

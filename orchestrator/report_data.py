@@ -5,10 +5,8 @@
 """
 from __future__ import annotations
 
-import json
-
 from tasks.metrics import MIN_BATCHES, MIN_DEVICE_S, MIN_IMAGES, VALIDITY_RULE
-from tasks.state import JobState, job_key
+from tasks.state import JobState
 
 OVERALL_RULE = ("the job is valid when every image id was counted exactly once and every device's FPS is valid; "
                 "end-to-end FPS counts the wall time from submit to the reducer's start")
@@ -37,8 +35,11 @@ def sweep_reports(state: JobState, sweep: str) -> list[dict]:
     """The finished jobs of a sweep, by batch size."""
     reports = []
     for job_id in state.job_ids():
-        raw = state.r.hget(job_key(job_id), "params")
-        if raw and json.loads(raw).get("sweep") == sweep:
+        try:
+            in_sweep = state.params(job_id).sweep == sweep
+        except KeyError:  # listed, but its keys are gone
+            continue
+        if in_sweep:
             report = state.report(job_id)
             if report is not None:
                 report.setdefault("preprocessing", preprocessing(state.summary(job_id)))

@@ -9,7 +9,7 @@ from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_s
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.control import resume_job
 from orchestrator.submit import live_devices, watch
-from tasks.params import TIMINGS, ClusterTimings
+from tasks.settings import TIMINGS, ClusterTimings
 
 
 def _shards(ids) -> str:

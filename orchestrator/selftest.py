@@ -12,7 +12,8 @@ from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
 from orchestrator.report import write_run_files
 from orchestrator.selftest_set import write_selftest_set
 from model.preprocess import SIZE_MODES
-from tasks.params import TIMINGS, JobParams
+from tasks.params import JobParams
+from tasks.settings import TIMINGS
 from tasks.shards import read_images
 from workers.reaper import Reaper
 

@@ -6,9 +6,8 @@ import time
 from pathlib import Path
 
 from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state
-from orchestrator.control import lease_registry
+from tasks.lease import describe_holder
 from tasks.state import JobState
-from workers.lease import describe_holder
 
 
 def _line(job_id: str, s: dict) -> str:
@@ -28,7 +27,7 @@ def live_status(state: JobState, job: str | None) -> int:
         missing = state.shards_without_result(job)
         print(f"shards without a result: {', '.join(map(str, missing)) or 'none'}")
     print("devices:")
-    for _, rec, held in sorted(lease_registry(state), key=lambda entry: entry[0]):
+    for _, rec, held in sorted(state.leases.entries(), key=lambda entry: entry[0]):
         alive = "held" if held else "EXPIRED (the reaper gives its shard back)"
         print(f"  {rec['host']}/{rec['device']}: {alive} by {describe_holder(rec)}")
     return 0

@@ -11,7 +11,6 @@ from pathlib import Path
 from orchestrator.bins import report_line, write_bins
 from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state, positive_int
 from orchestrator.cluster import ClusterError, LocalCluster, free_port
-from orchestrator.control import lease_registry
 from orchestrator.dashboard import AUTH_ENV, basic_auth
 from orchestrator.inputs import resolve
 from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
@@ -21,9 +20,9 @@ from orchestrator.report_data import collect, derive
 from orchestrator.report import render, sample_banner, stdout_console, write_run_files
 from orchestrator.sweep import model_for, parse_batches, render_sweep, write_sweep
 from model.preprocess import SIZE_MODES
-from tasks.app import app
 from tasks.coco_eval import DEFAULT_EVALUATOR, EVALUATORS
-from tasks.params import TIMINGS, ClusterTimings, JobParams
+from tasks.params import JobParams
+from tasks.settings import TIMINGS, ClusterTimings
 from tasks.shards import AnnotationError, read_images
 from tasks.state import JobState
 from workers.devices import discover, parse_device
@@ -32,7 +31,7 @@ from workers.reaper import Reaper
 
 def live_devices(state: JobState) -> int:
     """Devices whose lease is held right now on this broker."""
-    return sum(held for _, _, held in lease_registry(state))
+    return state.leases.held_count()
 
 
 def follow(state: JobState, params: JobParams, images: list[dict], n_devices: int, run_dir: Path,
@@ -43,7 +42,7 @@ def follow(state: JobState, params: JobParams, images: list[dict], n_devices: in
     print(f"job {params.job_id}: {len(images)} images, {n_shards} shards of up to "
           f"{max(len(s) for s in state.all_shards(params.job_id).values())} images, batch {params.batch}, "
           f"{n_devices} device(s), backend {params.backend}; follow it with "
-          f"`python -m orchestrator status {params.job_id} --broker {app.conf.broker_url}`", file=sys.stderr)
+          f"`python -m orchestrator status {params.job_id} --broker {state.broker_url}`", file=sys.stderr)
     return watch(state, params.job_id, run_dir, timings, check_alive, timeout_s)[0]
 
 

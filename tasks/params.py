@@ -1,15 +1,7 @@
-"""Job parameters and cluster timings: frozen, JSON-friendly, defaults in one place."""
+"""Job parameters: frozen, JSON-friendly, defaults in one place (a process's own settings: tasks/settings.py)."""
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
-
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
-
-
-def broker_from_env() -> str:
-    """The broker URL a process uses when none is given on the command line."""
-    return os.environ.get("EVALUATOR_BROKER", DEFAULT_BROKER)
 
 
 @dataclass(frozen=True)
@@ -39,23 +31,3 @@ class JobParams:
     def from_dict(cls, d: dict) -> "JobParams":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-@dataclass(frozen=True)
-class ClusterTimings:
-    """Lease and failover timings; the worst-case redelivery delay is lease_ttl_s + reap_interval_s."""
-
-    lease_ttl_s: float = 15.0
-    heartbeat_s: float = 5.0  # lease_ttl_s / 3
-    reap_interval_s: float = 5.0
-    # The Redis transport restores unacknowledged messages only after this; failover never waits for it.
-    visibility_timeout_s: int = 12 * 3600
-
-    @classmethod
-    def with_ttl(cls, lease_ttl_s: float) -> "ClusterTimings":
-        """Timings scaled to a lease TTL (tests use short ones)."""
-        return cls(lease_ttl_s=lease_ttl_s, heartbeat_s=lease_ttl_s / 3,
-                   reap_interval_s=min(5.0, max(0.5, lease_ttl_s / 3)))
-
-
-TIMINGS = ClusterTimings()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.preprocess import ImageReadError
-from tasks.state import FINISHED, JobState, job_key
+from tasks.state import FINISHED, JobState
 from tasks.store import TensorStore
 
 
@@ -28,9 +28,6 @@ def preprocess_shard(state: JobState, job_id: str, shard: int, store_root: str |
             store.load(Path(params.image_dir) / item["file"], params.size_mode, params.static_size, pixels=False)
         except ImageReadError:
             unreadable += 1  # the device worker meets it again and reports it in the shard result
-    with state.r.pipeline() as p:  # the report shows where preprocessing happened (once per sweep)
-        p.hincrby(job_key(job_id), "pool_preprocessed", len(items) - unreadable - store.hits)
-        p.hincrby(job_key(job_id), "pool_store_hits", store.hits)
-        p.execute()
+    state.add_pool_counts(job_id, len(items) - unreadable - store.hits, store.hits)
     return {"images": len(items), "hits": store.hits, "misses": store.misses,
             "recomputed": store.recomputed, "unreadable": unreadable}

@@ -130,9 +130,5 @@ def finish_job(state: JobState, job_id: str, params: JobParams, expected_ids: li
 def _workers(state: JobState, metrics: dict) -> list[dict]:
     """The registered device workers that ran batches of this job (attestation, backend facts)."""
     pids = {(name, pid) for name, d in metrics["devices"].items() for pid in d["workers"]}
-    out = []
-    for raw in state.r.hvals("workers"):
-        w = json.loads(raw)
-        if (f"{w['host']}/{w['device']}", w["pid"]) in pids:
-            out.append(w)
+    out = [w for w in state.workers() if (f"{w['host']}/{w['device']}", w["pid"]) in pids]
     return sorted(out, key=lambda w: (w["host"], w["device"], w["pid"]))

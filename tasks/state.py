@@ -1,30 +1,26 @@
 """Job state in Redis: one hash per job, shard plans, shard results written once, batch timings.
 
-Keys (DESIGN.md section 7):
-  job:{id}            hash: params (JSON), status, n_images, n_shards, images_done, shards_done,
-                      images_inferred, device_store_hits, t_submit, t_running, t_reduce_start, t_done, error
-  job:{id}:shards     hash shard -> JSON list of {"id", "file", "w", "h"}
-  job:{id}:results    hash shard -> JSON payload, written once (write_result.lua)
-  job:{id}:batches    list of JSON batch records (device, shard, size, t_start, t_end, ...)
-  job:{id}:shard_times list of JSON {"device", "images", "seconds"}: each shard's wall time on its device
-  job:{id}:reissued   hash shard -> why: shards given to a second device by the straggler rule (once each)
-  job:{id}:reducer    the reducer lease (tasks/streaming.py)
-  job:{id}:report     the reducer's report (JSON)
-  jobs                sorted set of job ids by submit time
+The key layout is tasks/keys.py's; every read and write of it by the rest of the product goes
+through JobState (and the leases of tasks/lease.py), so no other module spells a key.
 """
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import redis
 
+from tasks.keys import Keys, prefix_from_env
+from tasks.lease import DeviceLease, Lease, LeaseRegistry
 from tasks.params import JobParams
+from tasks.queues import QueuedTask, queued_tasks, remove_queued
+from tasks.scripts import Scripts
 
 STATUSES = ("queued", "running", "reducing", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
-_WRITE_RESULT = (Path(__file__).with_name("write_result.lua")).read_text()
+
+
+BrokerError = redis.RedisError  # what a Redis that does not answer raises
 
 
 def connect(url: str) -> redis.Redis:
@@ -32,47 +28,91 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
 
 
-def job_key(job_id: str) -> str:
-    return f"job:{job_id}"
+def answers(url: str, timeout_s: float = 0.5) -> bool:
+    """Whether a Redis answers PING at `url` now (a server just started, say)."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s).ping())
+    except redis.RedisError:
+        return False
 
 
 class JobState:
-    """Every read and write of job state goes through here, so the key layout lives in one place."""
+    """Every read and write of job state goes through here, so the key layout lives in one place.
 
-    def __init__(self, client: redis.Redis):
+    `broker_url` (what `open` gives) lets it send tasks too (`tasks`, tasks/enqueue.py).
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys | None = None, broker_url: str | None = None):
         self.r = client
-        self._write_result = client.register_script(_WRITE_RESULT)
+        self.keys = keys or Keys(prefix_from_env())
+        self.broker_url = broker_url
+        self.scripts = Scripts(client)
+        self.leases = LeaseRegistry(client, self.keys)
+        self._enqueuer = None
+
+    @classmethod
+    def open(cls, url: str, keys: Keys | None = None) -> "JobState":
+        return cls(connect(url), keys, url)
+
+    @property
+    def tasks(self):
+        """The task sender of this broker (tasks/enqueue.py), made on first use."""
+        if self._enqueuer is None:
+            from tasks.enqueue import Enqueuer
+            if self.broker_url is None:
+                raise RuntimeError("this JobState was made without a broker URL: use JobState.open(url)")
+            self._enqueuer = Enqueuer(self, self.broker_url)
+        return self._enqueuer
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+    def _job(self, job_id: str) -> str:
+        return self.keys.job(job_id)
+
+    def _part(self, job_id: str, part: str) -> str:
+        return self.keys.job_part(job_id, part)
+
+    # -- leases ------------------------------------------------------------------------------------------
+    def device_lease(self, device: str, ttl_s: float, host: str | None = None, pid: int | None = None) -> DeviceLease:
+        return DeviceLease(self.r, device, ttl_s, host, pid, keys=self.keys)
+
+    def reducer_lease(self, job_id: str, ttl_s: float) -> Lease:
+        return Lease(self.r, self._part(job_id, "reducer"), ttl_s)
+
+    def reducer_held(self, job_id: str) -> bool:
+        return bool(self.r.exists(self._part(job_id, "reducer")))
 
     # -- creation and status -------------------------------------------------------------------
     def create(self, params: JobParams, shards: list[list[dict]]) -> None:
         """Record a job and its shard plan (status queued)."""
-        key = job_key(params.job_id)
+        key = self._job(params.job_id)
         now = time.time()
         with self.r.pipeline() as p:
-            p.delete(key, f"{key}:shards", f"{key}:results", f"{key}:batches", f"{key}:report",
-                     f"{key}:shard_times", f"{key}:reissued")
+            p.delete(*[k for k in self.keys.job_parts(params.job_id) if not k.endswith(":tasks")])
             p.hset(key, mapping={
                 "params": json.dumps(params.to_dict()), "status": "queued",
                 "n_images": sum(len(s) for s in shards), "n_shards": len(shards),
                 "images_done": 0, "shards_done": 0, "images_inferred": 0, "t_submit": now,
             })
             if shards:
-                p.hset(f"{key}:shards", mapping={str(i): json.dumps(s) for i, s in enumerate(shards)})
-            p.zadd("jobs", {params.job_id: now})
+                p.hset(self._part(params.job_id, "shards"),
+                       mapping={str(i): json.dumps(shard) for i, shard in enumerate(shards)})
+            p.zadd(self.keys.jobs(), {params.job_id: now})
             p.execute()
 
     def exists(self, job_id: str) -> bool:
-        return bool(self.r.exists(job_key(job_id)))
+        return bool(self.r.exists(self._job(job_id)))
 
     def params(self, job_id: str) -> JobParams:
-        raw = self.r.hget(job_key(job_id), "params")
+        raw = self.r.hget(self._job(job_id), "params")
         if raw is None:
             raise KeyError(f"no such job {job_id}")
         return JobParams.from_dict(json.loads(raw))
 
     def summary(self, job_id: str) -> dict:
         """The job hash with numbers decoded (params left out)."""
-        raw = self.r.hgetall(job_key(job_id))
+        raw = self.r.hgetall(self._job(job_id))
         out: dict = {}
         for k, v in raw.items():
             if k == "params":
@@ -87,18 +127,18 @@ class JobState:
         return out
 
     def status(self, job_id: str) -> str | None:
-        return self.r.hget(job_key(job_id), "status")
+        return self.r.hget(self._job(job_id), "status")
 
     def statuses(self, job_ids: list[str]) -> list[str | None]:
         """The status of each job, in one round trip."""
         with self.r.pipeline(transaction=False) as p:
             for job_id in job_ids:
-                p.hget(job_key(job_id), "status")
+                p.hget(self._job(job_id), "status")
             return p.execute()
 
     def set_status(self, job_id: str, status: str, **fields) -> None:
         assert status in STATUSES, status
-        self.r.hset(job_key(job_id), mapping={"status": status, **fields})
+        self.r.hset(self._job(job_id), mapping={"status": status, **fields})
 
     def fail(self, job_id: str, error: str) -> None:
         """Mark a job failed with a one-line reason, unless it already finished."""
@@ -107,66 +147,142 @@ class JobState:
 
     def claim_reduce(self, job_id: str) -> bool:
         """True exactly once per job: whoever gets it enqueues the reducer."""
-        return bool(self.r.hsetnx(job_key(job_id), "reduce_enqueued", time.time()))
+        return bool(self.r.hsetnx(self._job(job_id), "reduce_enqueued", time.time()))
 
     def job_ids(self) -> list[str]:
-        return list(self.r.zrange("jobs", 0, -1))
+        return list(self.r.zrange(self.keys.jobs(), 0, -1))
+
+    def recent_job_ids(self, count: int) -> list[str]:
+        """The last `count` jobs, oldest first."""
+        return list(self.r.zrevrange(self.keys.jobs(), 0, count - 1))[::-1]
+
+    def n_shards(self, job_id: str) -> int:
+        return int(self.r.hget(self._job(job_id), "n_shards") or 0)
+
+    def reopen(self, job_id: str) -> None:
+        """A resumed job runs again: its error and end time go, its reducer may be claimed again."""
+        self.r.hdel(self._job(job_id), "error", "t_done")
+        self.set_status(job_id, "running")
+
+    def allow_reduce_again(self, job_id: str) -> None:
+        self.r.hdel(self._job(job_id), "reduce_enqueued")
+
+    def note_resume(self, job_id: str) -> None:
+        """Count a resume (the report says end-to-end FPS includes an interruption)."""
+        with self.r.pipeline() as p:
+            p.hincrby(self._job(job_id), "resumes", 1)
+            p.hset(self._job(job_id), "t_resumed", time.time())
+            p.execute()
+
+    def add_pool_counts(self, job_id: str, preprocessed: int, store_hits: int) -> None:
+        """Where preprocessing happened (the report shows it once per sweep)."""
+        with self.r.pipeline() as p:
+            p.hincrby(self._job(job_id), "pool_preprocessed", preprocessed)
+            p.hincrby(self._job(job_id), "pool_store_hits", store_hits)
+            p.execute()
+
+    def delete_job(self, job_id: str) -> None:
+        """Every key of the job (benchmarks keep Redis small between jobs)."""
+        with self.r.pipeline() as p:
+            p.delete(*self.keys.job_parts(job_id))
+            p.zrem(self.keys.jobs(), job_id)
+            p.execute()
+
+    def job_memory_mb(self, job_id: str) -> float:
+        """MB of every key of the job (Redis' own MEMORY USAGE)."""
+        return sum(self.r.memory_usage(key, samples=0) or 0 for key in self.keys.job_parts(job_id)) / 1e6
+
+    # -- tasks and queues ---------------------------------------------------------------------------------
+    def remember_task(self, job_id: str, task_id: str) -> None:
+        """Every task id a job was sent under, so that `cancel` can revoke them all."""
+        self.r.sadd(self._part(job_id, "tasks"), task_id)
+
+    def task_ids(self, job_id: str) -> list[str]:
+        return sorted(self.r.smembers(self._part(job_id, "tasks")))
+
+    def queued(self, queues: list[str], job_id: str | None = None) -> list[QueuedTask]:
+        """Messages waiting in `queues` (every priority), optionally only those of `job_id`."""
+        return queued_tasks(self.r, [self.keys.queue(q) for q in queues], job_id)
+
+    def unqueue(self, tasks: list[QueuedTask]) -> int:
+        """Take these messages out of their lists; returns how many were still there."""
+        return remove_queued(self.r, tasks)
+
+    # -- workers --------------------------------------------------------------------------------------------
+    def register_worker(self, host: str, device: str, pid: int, record: dict) -> None:
+        self.r.hset(self.keys.workers(), f"{host}/{device}/{pid}", json.dumps(record))
+
+    def workers(self) -> list[dict]:
+        return [json.loads(raw) for raw in self.r.hvals(self.keys.workers())]
 
     # -- shards and results ----------------------------------------------------------------------
     def shard_items(self, job_id: str, shard: int) -> list[dict]:
-        raw = self.r.hget(f"{job_key(job_id)}:shards", str(shard))
+        raw = self.r.hget(self._part(job_id, "shards"), str(shard))
         if raw is None:
             raise KeyError(f"job {job_id} has no shard {shard}")
         return json.loads(raw)
 
     def all_shards(self, job_id: str) -> dict[int, list[dict]]:
-        raw = self.r.hgetall(f"{job_key(job_id)}:shards")
+        raw = self.r.hgetall(self._part(job_id, "shards"))
         return {int(k): json.loads(v) for k, v in raw.items()}
 
     def has_result(self, job_id: str, shard: int) -> bool:
-        return bool(self.r.hexists(f"{job_key(job_id)}:results", str(shard)))
+        return bool(self.r.hexists(self._part(job_id, "results"), str(shard)))
 
     def write_result(self, job_id: str, shard: int, payload: dict, fence_key: str, fence: int) -> tuple[str, int]:
         """One fenced HSETNX: ("written" | "duplicate" | "stale", shards done so far)."""
-        key = job_key(job_id)
-        status, done = self._write_result(
-            keys=[fence_key, f"{key}:results", key],
+        status, done = self.scripts.write_result(
+            keys=[fence_key, self._part(job_id, "results"), self._job(job_id)],
             args=[fence, str(shard), json.dumps(payload), len(payload["image_ids"]),
                   int((payload.get("store") or {}).get("hits", 0))])
         return {1: "written", 0: "duplicate", -1: "stale"}[int(status)], int(done)
 
     def results(self, job_id: str) -> dict[int, dict]:
-        raw = self.r.hgetall(f"{job_key(job_id)}:results")
+        raw = self.r.hgetall(self._part(job_id, "results"))
         return {int(k): json.loads(v) for k, v in raw.items()}
+
+    def result_count(self, job_id: str) -> int:
+        return int(self.r.hlen(self._part(job_id, "results")))
+
+    def results_except(self, job_id: str, known: set[int] | dict) -> dict[int, dict]:
+        """The results of shards not in `known`, parsed (the streaming reducer fetches each once)."""
+        key = self._part(job_id, "results")
+        fresh = [k for k in self.r.hkeys(key) if int(k) not in known]
+        return {int(k): json.loads(raw) for k, raw in zip(fresh, self.r.hmget(key, fresh))} if fresh else {}
 
     def shards_without_result(self, job_id: str) -> list[int]:
         """What `resume` re-enqueues."""
-        n = int(self.r.hget(job_key(job_id), "n_shards") or 0)
-        done = {int(k) for k in self.r.hkeys(f"{job_key(job_id)}:results")}
-        return [i for i in range(n) if i not in done]
+        done = {int(k) for k in self.r.hkeys(self._part(job_id, "results"))}
+        return [i for i in range(self.n_shards(job_id)) if i not in done]
 
     # -- batch timings and the report --------------------------------------------------------------
     def record_batch(self, job_id: str, record: dict) -> None:
-        key = job_key(job_id)
         with self.r.pipeline() as p:
-            p.rpush(f"{key}:batches", json.dumps(record))
-            p.hincrby(key, "images_inferred", int(record["size"]))
+            p.rpush(self._part(job_id, "batches"), json.dumps(record))
+            p.hincrby(self._job(job_id), "images_inferred", int(record["size"]))
             p.execute()
 
     def batches(self, job_id: str) -> list[dict]:
-        return [json.loads(x) for x in self.r.lrange(f"{job_key(job_id)}:batches", 0, -1)]
+        return [json.loads(x) for x in self.r.lrange(self._part(job_id, "batches"), 0, -1)]
 
     def record_shard_time(self, job_id: str, device: str, images: int, seconds: float) -> None:
         """How long a device took for a whole shard (loading included): what the straggler rule compares with."""
-        self.r.rpush(f"{job_key(job_id)}:shard_times", json.dumps({"device": device, "images": images,
-                                                                    "seconds": seconds}))
+        self.r.rpush(self._part(job_id, "shard_times"), json.dumps({"device": device, "images": images,
+                                                                   "seconds": seconds}))
 
     def shard_times(self, job_id: str, last: int = 256) -> list[dict]:
-        return [json.loads(x) for x in self.r.lrange(f"{job_key(job_id)}:shard_times", -last, -1)]
+        return [json.loads(x) for x in self.r.lrange(self._part(job_id, "shard_times"), -last, -1)]
+
+    def mark_reissued(self, job_id: str, shard: int, record: dict) -> bool:
+        """True the first time a shard is given to a second device (never twice)."""
+        return bool(self.r.hsetnx(self._part(job_id, "reissued"), str(shard), json.dumps(record)))
+
+    def reissued(self, job_id: str) -> dict[int, dict]:
+        return {int(k): json.loads(v) for k, v in self.r.hgetall(self._part(job_id, "reissued")).items()}
 
     def save_report(self, job_id: str, report: dict) -> None:
-        self.r.set(f"{job_key(job_id)}:report", json.dumps(report))
+        self.r.set(self._part(job_id, "report"), json.dumps(report))
 
     def report(self, job_id: str) -> dict | None:
-        raw = self.r.get(f"{job_key(job_id)}:report")
+        raw = self.r.get(self._part(job_id, "report"))
         return json.loads(raw) if raw else None

@@ -1,95 +1,41 @@
 """The streaming reducer: shard results are read and parsed as they are written, so that after the
 last shard only the coverage count and COCOeval remain.
 
-A follower thread runs in every preprocessing pool (and so wherever the reducer task can run).
-It takes a job's reducer lease (`job:{id}:reducer`, SET NX PX, heartbeat, compare-and-delete,
-like the device lease), follows the job's results, and finishes the job. The `evaluator.reduce`
-task that the last shard's writer enqueues stays the safety net: it waits while a live
-follower holds the lease and reduces in one go when none does (no pool follower, or it died).
-Either way one reducer at a time holds the lease, and the coverage check is the same.
+A follower runs in every preprocessing pool (and so wherever the reducer task can run). It takes a
+job's reducer lease (a tasks/lease.py Lease on the job's `reducer` key), follows the job's results, and
+finishes the job. The `evaluator.reduce` task that the last shard's writer enqueues stays the safety
+net: it waits while a live follower holds the lease and reduces in one go when none does (no pool
+follower, or it died). Either way one reducer at a time holds the lease, and the coverage check is the
+same.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import secrets
-import socket
 import threading
 import time
-from pathlib import Path
 
-import redis
-
+from tasks.periodic import Periodic
 from tasks.reduce import finish_job, reduce_job
 from tasks.shards import read_images
 from tasks.state import FINISHED, JobState
 
 log = logging.getLogger("tasks.streaming")
-_EXTEND = (Path(__file__).with_name("reducer_extend.lua")).read_text()
-_RELEASE = (Path(__file__).with_name("reducer_release.lua")).read_text()
 REDUCER_TTL_S = 10.0
 POLL_S = 0.1
 RECENT_JOBS = 50  # how far back in the job list a follower looks for running jobs
-
-
-def reducer_key(job_id: str) -> str:
-    return f"job:{job_id}:reducer"
-
-
-class ReducerLease:
-    """Who reduces a job right now: one holder, kept alive by a heartbeat thread."""
-
-    def __init__(self, client: redis.Redis, job_id: str, ttl_s: float = REDUCER_TTL_S):
-        self.r = client
-        self.key = reducer_key(job_id)
-        self.ttl_ms = int(ttl_s * 1000)
-        self.token: str | None = None
-        self._extend = client.register_script(_EXTEND)
-        self._release = client.register_script(_RELEASE)
-        self._stop = threading.Event()
-
-    def try_acquire(self) -> bool:
-        token = secrets.token_hex(16)
-        record = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-        if self.r.set(self.key, json.dumps(record), nx=True, px=self.ttl_ms):
-            self.token = token
-            self._stop.clear()
-            threading.Thread(target=self._beat, name=f"reducer-heartbeat-{self.key}", daemon=True).start()
-            return True
-        return False
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 3000.0):
-            try:
-                if not self._extend(keys=[self.key], args=[self.token, self.ttl_ms]):
-                    log.error("lost the reducer lease %s", self.key)
-                    return
-            except redis.RedisError as exc:
-                log.warning("reducer heartbeat for %s failed: %s", self.key, exc)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self.token is not None:
-            self._release(keys=[self.key], args=[self.token])
-            self.token = None
 
 
 class ResultStream:
     """A job's shard results, fetched and parsed once each, as they are written."""
 
     def __init__(self, state: JobState, job_id: str):
-        self.state = state
-        self.key = f"job:{job_id}:results"
+        self.state, self.job_id = state, job_id
         self.results: dict[int, dict] = {}
 
     def poll(self) -> int:
         """Fetch the results written since the last call; returns how many there are now."""
-        if self.state.r.hlen(self.key) != len(self.results):
-            fresh = [k for k in self.state.r.hkeys(self.key) if int(k) not in self.results]
-            if fresh:
-                for k, raw in zip(fresh, self.state.r.hmget(self.key, fresh)):
-                    self.results[int(k)] = json.loads(raw)
+        if self.state.result_count(self.job_id) != len(self.results):
+            self.results.update(self.state.results_except(self.job_id, self.results))
         return len(self.results)
 
 
@@ -102,16 +48,15 @@ def follow_job(state: JobState, job_id: str, stop: threading.Event | None = None
     expected = [im["id"] for im in read_images(params.annotation)]
     shards = state.all_shards(job_id)
     stream = ResultStream(state, job_id)
+    stop = stop or threading.Event()
     while True:
         status = state.status(job_id)
         if status is None or status in FINISHED:
             return None
         if stream.poll() >= len(shards):
             break
-        if stop is not None and stop.wait(POLL_S):
+        if stop.wait(POLL_S):
             return None
-        if stop is None:
-            time.sleep(POLL_S)
     t_reduce_start = time.time()
     state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
     return finish_job(state, job_id, params, expected, shards, stream.results, t_reduce_start)
@@ -119,11 +64,12 @@ def follow_job(state: JobState, job_id: str, stop: threading.Event | None = None
 
 def reduce_when_free(state: JobState, job_id: str, poll_s: float = 0.25) -> dict | None:
     """The reducer task's body: wait while a live follower reduces the job, else reduce it in one go."""
-    lease = ReducerLease(state.r, job_id)
+    lease = state.reducer_lease(job_id, REDUCER_TTL_S)
     while True:
         if state.status(job_id) in (None, *FINISHED):
             return state.report(job_id)
         if lease.try_acquire():
+            lease.start_heartbeat()
             try:
                 if state.status(job_id) in (None, *FINISHED):
                     return state.report(job_id)
@@ -134,37 +80,32 @@ def reduce_when_free(state: JobState, job_id: str, poll_s: float = 0.25) -> dict
 
 
 class ReduceFollower:
-    """A daemon thread that follows running jobs nobody else reduces, one at a time."""
+    """Follows running jobs nobody else reduces, one at a time, on a periodic thread."""
 
     def __init__(self, state: JobState, interval_s: float = 0.5):
         self.state = state
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reduce-follower", daemon=True)
+        self._loop = Periodic("reduce follower", interval_s, self._round, log)
 
     def _running_jobs(self) -> list[str]:
-        recent = self.state.r.zrevrange("jobs", 0, RECENT_JOBS - 1)[::-1]
+        recent = self.state.recent_job_ids(RECENT_JOBS)
         return [j for j, status in zip(recent, self.state.statuses(recent)) if status == "running"]
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    def _round(self) -> None:
+        for job_id in self._running_jobs():
+            lease = self.state.reducer_lease(job_id, REDUCER_TTL_S)
+            if not lease.try_acquire():
+                continue
+            lease.start_heartbeat()
             try:
-                for job_id in self._running_jobs():
-                    lease = ReducerLease(self.state.r, job_id)
-                    if not lease.try_acquire():
-                        continue
-                    try:
-                        follow_job(self.state, job_id, self._stop)
-                    except Exception as exc:  # noqa: BLE001 - the job is marked failed; keep following others
-                        log.error("reducing job %s: %s", job_id, exc)
-                    finally:
-                        lease.release()
-            except redis.RedisError as exc:
-                log.debug("reduce follower: %s", exc)
+                follow_job(self.state, job_id, self._loop.stopping)
+            except Exception as exc:  # noqa: BLE001 - the job is marked failed; keep following others
+                log.error("reducing job %s: %s", job_id, exc)
+            finally:
+                lease.release()
 
     def start(self) -> "ReduceFollower":
-        self._thread.start()
+        self._loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._loop.stop()

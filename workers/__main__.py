@@ -8,10 +8,15 @@ import os
 import socket
 import sys
 
-from tasks import runtime
-from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, configure
-from tasks.params import TIMINGS, ClusterTimings
-from tasks.state import JobState, connect
+from typing import Callable
+
+from celery import signals
+
+from tasks import context
+from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, apply
+from tasks.context import WorkerContext
+from tasks.settings import TIMINGS, ClusterTimings, Settings
+from tasks.state import JobState
 from workers.backends import backend_for_model, check_spec
 from workers.devices import parse_device
 
@@ -50,15 +55,22 @@ def celery_argv(queues: list[str], pool: str, name: str, loglevel: str, concurre
             f"--hostname={name}", "--without-mingle", "--without-gossip", f"--loglevel={loglevel}"]
 
 
-def run_device_worker(args, state: JobState, timings: ClusterTimings) -> int:
+def install_context(make: Callable[[], WorkerContext]) -> None:
+    """The worker's context, installed when Celery starts it and again in each prefork child (its own client)."""
+    signals.worker_init.connect(lambda **_: context.install(make()), weak=False)
+    signals.worker_process_init.connect(lambda **_: context.install(make()), weak=False)
+
+
+def run_device_worker(args, settings: Settings) -> int:
     from workers.devices import attest
     from workers.inference import ShardRunner
-    from workers.lease import DeviceLease
     from workers.reaper import Reaper, give_back
 
+    timings = settings.timings
+    state = JobState.open(settings.broker_url, settings.keys)
     reaper = Reaper(state, timings.reap_interval_s).start()  # heals the cluster even while we wait
-    lease = DeviceLease(state.r, args.device, timings.lease_ttl_s)
-    runner = ShardRunner(state, lease, store_root=args.store)
+    lease = state.device_lease(args.device, timings.lease_ttl_s)
+    runner = ShardRunner(state, lease, store_root=settings.store_root)
     runner.attestation = attest(args.device)
     log.info("%s idle before start: %s (%s)", args.device, runner.attestation["idle"], runner.attestation["detail"])
     try:
@@ -70,23 +82,24 @@ def run_device_worker(args, state: JobState, timings: ClusterTimings) -> int:
             except Exception as exc:
                 print(f"error: backend {args.backend} cannot run on {args.device}: {exc} (--backend)", file=sys.stderr)
                 return 2
-        runtime.install(runner)
+        install_context(lambda: WorkerContext(settings, state, runner))
         name = f"{args.device}-{os.getpid()}@{socket.gethostname()}"
         app.worker_main(celery_argv([INFER_QUEUE], "solo", name, args.loglevel))
         return 0
     finally:
-        runtime.install(None)
+        context.install(None)
         lease.release()
         reaper.stop()
         if runner.backend is not None:
             runner.backend.close()
 
 
-def run_preprocess_pool(args, state: JobState, timings: ClusterTimings) -> int:
+def run_preprocess_pool(args, settings: Settings) -> int:
     from tasks.streaming import ReduceFollower
     from workers.reaper import Reaper
 
-    reaper = Reaper(state, timings.reap_interval_s, stragglers=True).start()
+    state = JobState.open(settings.broker_url, settings.keys)
+    reaper = Reaper(state, settings.timings.reap_interval_s, stragglers=True).start()
     follower = ReduceFollower(state).start()  # reads results as they are written: after the last, only COCOeval
     try:
         if args.reduce:
@@ -94,6 +107,7 @@ def run_preprocess_pool(args, state: JobState, timings: ClusterTimings) -> int:
         else:
             queues, name = [PREPROCESS_QUEUE, REDUCE_QUEUE], f"cpu-pool-{os.getpid()}@{socket.gethostname()}"
             concurrency = max(1, args.concurrency)
+        install_context(lambda: WorkerContext(settings, JobState.open(settings.broker_url, settings.keys)))
         app.worker_main(celery_argv(queues, "prefork", name, args.loglevel, concurrency))
         return 0
     finally:
@@ -130,15 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.store:
-        args.store = os.path.abspath(args.store)
-        os.environ["EVALUATOR_STORE"] = args.store  # the prefork pool's children read it
-    url = configure(args.broker)
-    state = JobState(connect(url))
     timings = TIMINGS if args.lease_ttl == TIMINGS.lease_ttl_s else ClusterTimings.with_ttl(args.lease_ttl)
+    settings = apply(Settings(store_root=os.path.abspath(args.store) if args.store else None,
+                              timings=timings).with_broker(args.broker))
     if args.device:
-        return run_device_worker(args, state, timings)
-    return run_preprocess_pool(args, state, timings)
+        return run_device_worker(args, settings)
+    return run_preprocess_pool(args, settings)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """One shard on one device: load tensors (store or preprocess), run the backend batch by batch, write once."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -12,15 +11,14 @@ import numpy as np
 
 from model.postprocess import to_coco_results
 from model.preprocess import ImageReadError, clip_sizes, plan_geometry, to_network_input
-from tasks.app import enqueue_reduce
+from tasks.lease import DeviceLease
 from tasks.params import JobParams
 from tasks.shards import input_shape, plan_batches
-from tasks.state import FINISHED, JobState, job_key
+from tasks.state import FINISHED, JobState
 from tasks.store import StoreEntry, TensorStore
 from workers.backends import create_backend
 from workers.backends.base import MAX_DETS, InferenceBatch
 from workers.devices import attest
-from workers.lease import DeviceLease
 from workers.reaper import give_back
 
 log = logging.getLogger("workers.inference")
@@ -35,7 +33,7 @@ class JobStopped(RuntimeError):
 
 
 class ShardRunner:
-    """What a device worker installs as the body of `evaluator.infer` (see tasks.runtime)."""
+    """What a device worker installs as the body of `evaluator.infer` (see tasks/context.py)."""
 
     def __init__(self, state: JobState, lease: DeviceLease, store_root: str | None = None):
         self.state = state
@@ -61,16 +59,15 @@ class ShardRunner:
             b.load()
             self.backend, self._backend_key = b, key
             log.info("loaded backend %s on %s in %.1f s", backend, self.device, time.time() - t0)
-            self.state.r.hset("workers", f"{self.host}/{self.device}/{self.lease.pid}",
-                              self._registration(b))
+            self.state.register_worker(self.host, self.device, self.lease.pid, self._registration(b))
         return self.backend
 
-    def _registration(self, backend) -> str:
+    def _registration(self, backend) -> dict:
         from workers.versions import device_identity, host_versions
-        return json.dumps({"host": self.host, "device": self.device, "pid": self.lease.pid,
-                           "started": time.time(), "backend": backend.describe(),
-                           "attest": self.attestation or attest(self.device),
-                           "versions": host_versions(), "identity": device_identity(self.device)})
+        return {"host": self.host, "device": self.device, "pid": self.lease.pid,
+                "started": time.time(), "backend": backend.describe(),
+                "attest": self.attestation or attest(self.device),
+                "versions": host_versions(), "identity": device_identity(self.device)}
 
     # -- lease ----------------------------------------------------------------------------------------
     def begin_shard(self, job_id: str, shard: int, batch: int) -> None:
@@ -127,9 +124,8 @@ class ShardRunner:
             self.job_in_flight = None
             if self.lease.held:
                 self.lease.mark(None)
-        if (outcome == "written" and done == int(self.state.r.hget(job_key(job_id), "n_shards") or 0)
-                and self.state.claim_reduce(job_id)):
-            enqueue_reduce(job_id)
+        if outcome == "written" and done == self.state.n_shards(job_id) and self.state.claim_reduce(job_id):
+            self.state.tasks.reduce(job_id)
         log.info("shard %d of job %s: %d images, %s", shard, job_id, len(payload["image_ids"]), outcome)
         return {"device": self.device, "host": self.host, "images": len(payload["image_ids"]),
                 "unreadable": len(payload["unreadable"]), "outcome": outcome}

@@ -10,15 +10,12 @@ image is still counted exactly once.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
 from statistics import median
 
-from tasks.app import enqueue_infer
 from tasks.state import JobState
-from workers.lease import REGISTRY
 
 log = logging.getLogger("workers.stragglers")
 STRAGGLER_FACTOR = 3.0
@@ -47,8 +44,7 @@ def reissue_stragglers(state: JobState, now: float | None = None) -> list[tuple[
     """Put every overdue shard in flight back at the front of the queue (once per shard); returns them."""
     now = now or time.time()
     reissued, rates, statuses = [], {}, {}
-    for raw in state.r.hvals(REGISTRY):
-        record = json.loads(raw)
+    for record in state.leases.records():
         shard = record.get("shard")
         if not shard:
             continue
@@ -67,9 +63,8 @@ def reissue_stragglers(state: JobState, now: float | None = None) -> list[tuple[
         if expected is None or elapsed <= STRAGGLER_FACTOR * expected + STRAGGLER_SLACK_S:
             continue
         why = f"{device} ran it {elapsed:.1f} s, expected {expected:.1f} s"
-        if state.r.hsetnx(f"job:{job_id}:reissued", str(index), json.dumps({"from": device, "why": why,
-                                                                            "at": now})):
-            enqueue_infer(job_id, index, int(shard["batch"]), redelivered_from=f"{device} (straggler)")
+        if state.mark_reissued(job_id, index, {"from": device, "why": why, "at": now}):
+            state.tasks.infer(job_id, index, int(shard["batch"]), redelivered_from=f"{device} (straggler)")
             log.warning("shard %d of job %s given to a second device: %s", index, job_id, why)
             reissued.append((job_id, index))
     return reissued

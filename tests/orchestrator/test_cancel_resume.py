@@ -13,10 +13,8 @@ import numpy as np
 import pytest
 
 from real_processes import run_cli, wait_for
-from orchestrator.control import active_tasks, shards_in_flight
-from tasks.app import configure
-from tasks.queues import queued_tasks
-from tasks.state import JobState, connect
+from orchestrator.control import active_tasks
+from tasks.state import JobState
 
 pytestmark = pytest.mark.slow
 N_IMAGES = 40
@@ -67,7 +65,7 @@ def start_job(processes, url, data, runs, state):
     known = set(state.job_ids())
     proc = processes.spawn("submit", ["-m", "orchestrator", *job_args(url, *data, runs, "300ms")], url)
     job = wait_for(lambda: set(state.job_ids()) - known, 60, what="the job").pop()
-    wait_for(lambda: state.r.hlen(f"job:{job}:results") >= 2, 60, what="two shard results")
+    wait_for(lambda: state.result_count(job) >= 2, 60, what="two shard results")
     return proc, job
 
 
@@ -81,12 +79,13 @@ def same_numbers(report, reference):
 def test_killed_orchestrator_with_lost_queue_resumes_to_the_same_report(shared_cluster, data, uninterrupted,
                                                                         processes, tmp_path):
     url = shared_cluster["url"]
-    state = JobState(connect(url))
+    state = JobState.open(url)
     proc, job = start_job(processes, url, data, tmp_path / "runs", state)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     # the crash also lost what was queued (e.g. killed while enqueueing): without resume the job never ends
-    lost = [k for k in state.r.keys("infer*") + state.r.keys("preprocess*") if state.r.type(k) == "list"]
+    lost = [k for q in ("infer", "preprocess") for k in state.r.keys(state.keys.queue(q) + "*")
+            if state.r.type(k) == "list"]
     state.r.delete(*lost)
     time.sleep(1.0)  # the shards that were running finish
     assert state.status(job) == "running" and state.shards_without_result(job)
@@ -109,20 +108,19 @@ def test_killed_orchestrator_with_lost_queue_resumes_to_the_same_report(shared_c
 def test_cancel_leaves_nothing_running_and_resume_completes_the_job(shared_cluster, data, uninterrupted,
                                                                      processes, tmp_path):
     url = shared_cluster["url"]
-    state = JobState(connect(url))
+    state = JobState.open(url)
     proc, job = start_job(processes, url, data, tmp_path / "runs", state)
     out = run_cli("cancel", job, "--broker", url, "--timeout", "30")
     assert out.returncode == 0, out.stderr
     assert "no task of it is running" in out.stdout and "revoked" in out.stderr
     assert proc.wait(30) == 1 and "cancelled" in processes.log(proc)
-    configure(url)
-    assert state.status(job) == "cancelled" and shards_in_flight(state, job) == {}
-    assert queued_tasks(state.r, ["infer", "preprocess", "reduce"], job) == []
-    batches, results = len(state.batches(job)), state.r.hlen(f"job:{job}:results")
+    assert state.status(job) == "cancelled" and state.leases.shards_in_flight(job) == {}
+    assert state.queued(["infer", "preprocess", "reduce"], job) == []
+    batches, results = len(state.batches(job)), state.result_count(job)
     time.sleep(1.5)  # five batch times of the sim device: nothing of the job may run meanwhile
-    assert (len(state.batches(job)), state.r.hlen(f"job:{job}:results")) == (batches, results)
+    assert (len(state.batches(job)), state.result_count(job)) == (batches, results)
     assert results < state.summary(job)["n_shards"]
-    assert active_tasks(job) == []
+    assert active_tasks(state, job) == []
     twice = run_cli("cancel", job, "--broker", url)
     assert twice.returncode == 0 and "already cancelled" in twice.stderr
 
@@ -156,8 +154,8 @@ def test_interrupted_embedded_submit_resumes_from_its_run_folder(sig, data, unin
     follow = wait_for(lambda: re.search(r"status (\S+) --broker (redis://\S+)`", processes.log(proc)), 120,
                       what="the embedded job to start")
     job, url = follow.group(1), follow.group(2)
-    state = JobState(connect(url))
-    wait_for(lambda: state.r.hlen(f"job:{job}:results") >= 2, 60, what="two shard results")
+    state = JobState.open(url)
+    wait_for(lambda: state.result_count(job) >= 2, 60, what="two shard results")
     assert proc.poll() is None, "the job ended before it could be interrupted"
     os.kill(proc.pid, sig)
     if sig == signal.SIGINT:  # Ctrl-C: submit stops everything it started

@@ -11,7 +11,7 @@ import pytest
 
 from real_processes import run_cli, wait_for
 from orchestrator.__main__ import main
-from tasks.state import JobState, connect
+from tasks.state import JobState
 
 
 def one_line_error(capsys, argv, *fragments):
@@ -127,10 +127,9 @@ def test_onnx_model_file_picks_the_onnxruntime_backend(shared_cluster, tmp_path,
 
 @pytest.mark.slow
 def test_duplicate_delivery_is_counted_once_and_a_deleted_result_is_named(shared_cluster, tmp_path, processes):
-    from tasks.app import configure, enqueue_infer
     ann, img = write_boxes_set(tmp_path / "set", 24)
     url = shared_cluster["url"]
-    state = JobState(connect(url))
+    state = JobState.open(url)
     known = set(state.job_ids())
     submit = processes.spawn("submit", ["-m", "orchestrator", "submit", "--broker", url, "--annotations", str(ann),
                                         "--images", str(img), "--backend", "sim:100ms", "--batch", "2",
@@ -138,8 +137,7 @@ def test_duplicate_delivery_is_counted_once_and_a_deleted_result_is_named(shared
                                         "--run-dir", str(tmp_path / "runs")], url)
     job = wait_for(lambda: set(state.job_ids()) - known, 60, what="the job").pop()
     wait_for(lambda: state.has_result(job, 0), 60, what="shard 0")
-    configure(url)
-    enqueue_infer(job, 0, 2, redelivered_from="test")  # shard 0 delivered a second time, mid-job
+    state.tasks.infer(job, 0, 2, redelivered_from="test")  # shard 0 delivered a second time, mid-job
     assert submit.wait(120) == 0, processes.log(submit)[-2000:]
     wait_for(lambda: any(r["shard"] == 0 for r in state.batches(job)), 5, what="batch records")
     s = state.summary(job)
@@ -151,7 +149,7 @@ def test_duplicate_delivery_is_counted_once_and_a_deleted_result_is_named(shared
     assert "shards without a result: none" in status.stdout and "cpu:0: held by" in status.stdout
 
     missing = sorted(im["id"] for im in state.all_shards(job)[2])
-    state.r.hdel(f"job:{job}:results", "2")
+    state.r.hdel(state.keys.job_part(job, "results"), "2")
     out = run_cli("report", job, "--broker", url, "--reduce", "--run-dir", str(tmp_path / "runs"))
     assert out.returncode == 1
     assert f"missing image ids (4): {', '.join(map(str, missing))}; shards without a result: 2" in out.stdout

@@ -8,13 +8,12 @@ import pytest
 from model.preprocess import load_image, preprocess
 from orchestrator.__main__ import main
 from orchestrator.bins import bin_name, info_paths, write_bins
-from tasks.app import configure
 from tasks.params import JobParams
 from tasks.shards import plan_shards, read_images
-from tasks.state import JobState, connect
+from tasks.lease import DeviceLease
+from tasks.state import JobState
 from workers.backends.base import Backend, empty_outputs
 from workers.inference import ShardRunner, run_shard
-from workers.lease import DeviceLease
 
 SIZE = 320
 
@@ -36,8 +35,7 @@ class RecordingBackend(Backend):
 
 def test_each_bin_is_the_input_a_backend_received(redis_url, selftest_set, tmp_path):
     ann, img = selftest_set
-    configure(redis_url)
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     lease = DeviceLease(state.r, "cpu:0", 30.0, host="h")
     lease.try_acquire()
     images = read_images(ann)

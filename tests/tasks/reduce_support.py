@@ -5,7 +5,7 @@ import json
 
 from tasks.params import JobParams
 from tasks.shards import read_images
-from tasks.state import JobState, connect
+from tasks.state import JobState
 
 FENCE = "lease:h:cpu:0:fence"
 
@@ -24,7 +24,7 @@ def create_job(redis_url: str, selftest_set, job_id: str, shard_size: int) -> tu
     ann, img = selftest_set
     images = read_images(ann)
     shards = [images[i:i + shard_size] for i in range(0, len(images), shard_size)]
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     state.create(JobParams(job_id=job_id, annotation=str(ann), image_dir=str(img), backend="groundtruth",
                            batch=shard_size), shards)
     state.r.set(FENCE, 1)

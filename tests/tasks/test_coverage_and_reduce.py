@@ -49,7 +49,7 @@ def test_complete_job_reduces_to_ap_one(finished_job):
 
 def test_deleted_shard_result_makes_the_reducer_name_the_missing_ids(finished_job):
     state, shards = finished_job
-    state.r.hdel("job:r1:results", "1")
+    state.r.hdel(state.keys.job_part("r1", "results"), "1")
     report = reduce_job(state, "r1")
     missing = sorted(im["id"] for im in shards[1])
     assert report["status"] == "failed" and state.status("r1") == "failed"

@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 
 from tasks.params import JobParams
-from tasks.state import JobState, connect
+from tasks.state import JobState
 
 FENCE = "lease:host:cpu:0:fence"
 
 
 @pytest.fixture
 def state(redis_url):
-    s = JobState(connect(redis_url))
+    s = JobState.open(redis_url)
     params = JobParams(job_id="j1", annotation="a.json", image_dir="img", backend="groundtruth", batch=2)
     shards = [[{"id": 1, "file": "1.jpg", "w": 10, "h": 10}, {"id": 2, "file": "2.jpg", "w": 10, "h": 10}],
               [{"id": 3, "file": "3.jpg", "w": 10, "h": 10}]]

@@ -6,7 +6,7 @@ import shutil
 from tasks.params import JobParams
 from tasks.preprocessing import preprocess_shard
 from tasks.shards import read_images
-from tasks.state import JobState, connect
+from tasks.state import JobState
 
 
 def test_fills_the_store_counts_unreadable_and_honours_a_local_store(redis_url, selftest_set, tmp_path):
@@ -14,7 +14,7 @@ def test_fills_the_store_counts_unreadable_and_honours_a_local_store(redis_url, 
     images = tmp_path / "images"
     shutil.copytree(img, images)
     (images / "000000000139.jpg").unlink()
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     state.create(JobParams(job_id="p", annotation=str(ann), image_dir=str(images), backend="groundtruth",
                            store=str(tmp_path / "job_store")), [read_images(ann)])
     first = preprocess_shard(state, "p", 0)

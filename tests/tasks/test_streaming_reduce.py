@@ -9,7 +9,7 @@ import pytest
 from reduce_support import FENCE, create_job, perfect_payload
 from tasks.reduce import reduce_job
 from tasks.shards import read_images
-from tasks.streaming import ReducerLease, ResultStream, follow_job, reduce_when_free
+from tasks.streaming import REDUCER_TTL_S, ResultStream, follow_job, reduce_when_free
 
 
 @pytest.fixture
@@ -64,9 +64,8 @@ def test_the_reducer_task_waits_for_a_live_follower_then_takes_over_when_it_dies
     state, ann, shards = job
     for i in range(len(shards)):
         write(state, ann, shards, i)
-    follower = ReducerLease(state.r, "s1", ttl_s=1.0)
-    assert follower.try_acquire()
-    follower._stop.set()  # the follower process died: no more heartbeat, no release
+    follower = state.reducer_lease("s1", 1.0)
+    assert follower.try_acquire()  # the follower process died right after: no heartbeat, no release
     t0 = time.time()
     report = reduce_when_free(state, "s1", poll_s=0.05)
     assert time.time() - t0 >= 0.5  # it waited for the lease to expire
@@ -77,8 +76,9 @@ def test_a_finished_job_is_not_reduced_twice(job):
     state, ann, shards = job
     for i in range(len(shards)):
         write(state, ann, shards, i)
-    lease = ReducerLease(state.r, "s1")
+    lease = state.reducer_lease("s1", REDUCER_TTL_S)
     assert lease.try_acquire()
+    lease.start_heartbeat()
     done = {}
     waiter = threading.Thread(target=lambda: done.update(report=reduce_when_free(state, "s1", poll_s=0.05)))
     waiter.start()
@@ -88,4 +88,4 @@ def test_a_finished_job_is_not_reduced_twice(job):
     lease.release()
     waiter.join(10)
     assert done["report"]["reducer"] == report["reducer"] and done["report"]["timestamps"] == report["timestamps"]
-    assert not state.r.exists("job:s1:reducer")
+    assert not state.reducer_held("s1")

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.app import configure
-from tasks.state import JobState, connect
+from tasks.lease import DeviceLease
+from tasks.state import JobState
 from workers.inference import ShardRunner
-from workers.lease import DeviceLease
 
 
 @pytest.fixture
 def runner(redis_url):
     """A ShardRunner on cpu:0 of host `h`, its lease taken (no heartbeat; a 30 s TTL outlasts a test)."""
-    configure(redis_url)
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     lease = DeviceLease(state.r, "cpu:0", 30.0, host="h")
     lease.try_acquire()
     return ShardRunner(state, lease)

@@ -8,8 +8,12 @@ import time
 
 import pytest
 
+from tasks.keys import Keys
+from tasks.lease import DeviceLease
+from tasks.scripts import Scripts
 from tasks.state import connect
-from workers.lease import REGISTRY, DeviceLease, LeaseScripts
+
+REGISTRY = Keys().leases()
 
 
 @pytest.fixture
@@ -91,16 +95,16 @@ def test_release_with_a_shard_in_flight_leaves_it_for_the_reaper(client):
 
 
 def test_reap_claims_only_expired_records_and_only_once(client):
-    scripts = LeaseScripts(client)
+    scripts = Scripts(client)
     live, dead = DeviceLease(client, "cpu:0", 30, host="h", pid=1), DeviceLease(client, "cpu:1", 0.2, host="h", pid=2)
     for x in (live, dead):
         x.try_acquire()
         x.mark({"job": "j", "shard": x.pid, "batch": 8, "since": 0})
     time.sleep(0.3)
-    assert scripts.reap(keys=[REGISTRY, live.key]) is None
-    claimed = scripts.reap(keys=[REGISTRY, dead.key])
+    assert scripts.device_reap(keys=[REGISTRY, live.key]) is None
+    claimed = scripts.device_reap(keys=[REGISTRY, dead.key])
     assert json.loads(claimed)["shard"]["shard"] == 2
-    assert scripts.reap(keys=[REGISTRY, dead.key]) is None  # a second reaper gets nothing
+    assert scripts.device_reap(keys=[REGISTRY, dead.key]) is None  # a second reaper gets nothing
     assert client.hexists(REGISTRY, live.key)
 
 
@@ -110,7 +114,7 @@ def test_second_worker_waits_and_says_once_who_holds_the_device(client, caplog):
     holder.mark({"job": "j9", "shard": 7, "batch": 8, "since": 0})
     waiter = lease(client, 5)
     threading.Timer(1.2, holder.release).start()
-    with caplog.at_level(logging.INFO, logger="workers.lease"):
+    with caplog.at_level(logging.INFO, logger="tasks.lease"):
         t0 = time.time()
         fence = waiter.acquire(poll_s=0.1)
     assert time.time() - t0 >= 1.0 and fence == 2

@@ -8,12 +8,11 @@ import time
 
 import pytest
 
-from tasks.app import configure
+from tasks.lease import DeviceLease
 from tasks.params import JobParams
 from tasks.shards import plan_shards, read_images
-from tasks.state import JobState, connect
+from tasks.state import JobState
 from workers.inference import LeaseLost, ShardRunner
-from workers.lease import REGISTRY, DeviceLease
 
 
 def make_job(state, ann, img, tmp_path, backend="groundtruth", model="", batch=4, size_mode="mmdet",
@@ -49,7 +48,7 @@ def test_shard_answers_every_image_and_records_each_batch(runner, selftest_set, 
     assert sum(b["size"] for b in batches) == len(shards[0]) and all(b["size"] <= 2 for b in batches)
     assert [b["seq"] for b in batches] == list(range(len(batches)))
     assert all(b["t_end"] >= b["t_start"] and b["device"] == "cpu:0" for b in batches)
-    assert json.loads(runner.state.r.hget(REGISTRY, runner.lease.key))["shard"] is None  # nothing in flight
+    assert json.loads(runner.state.r.hget(runner.state.keys.leases(), runner.lease.key))["shard"] is None
 
 
 def test_shard_delivered_twice_is_counted_once(runner, selftest_set, tmp_path, monkeypatch):
@@ -68,7 +67,11 @@ def test_last_shard_enqueues_the_reducer_once(runner, selftest_set, tmp_path, mo
     ann, img = selftest_set
     _, shards = make_job(runner.state, ann, img, tmp_path, batch=8, shard_size=8)
     sent = []
-    monkeypatch.setattr("workers.inference.enqueue_reduce", sent.append)
+
+    class Sender:  # what the last shard's writer sends, instead of a broker's queue
+        def reduce(self, job_id):
+            sent.append(job_id)
+    monkeypatch.setattr(runner.state, "_enqueuer", Sender())
     for i in range(len(shards)):
         runner("job1", i)
     monkeypatch.setattr(runner.state, "has_result", lambda job, shard: False)
@@ -91,8 +94,7 @@ def test_unreadable_and_absent_images_are_listed_not_fatal(runner, selftest_set,
 
 
 def test_lost_lease_stops_the_shard_and_writes_nothing(redis_url, selftest_set, tmp_path):
-    configure(redis_url)
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     lease = DeviceLease(state.r, "cpu:0", 0.3, host="h")  # no heartbeat: it expires
     lease.try_acquire()
     ann, img = selftest_set

@@ -9,12 +9,11 @@ import pytest
 
 from tasks.params import JobParams
 from tasks.shards import plan_shards, read_images
-from tasks.state import JobState, connect
+from tasks.state import JobState
 from workers.backends import check_spec, create_backend
 from workers.backends.base import InferenceBatch
 from workers.backends.sim import parse_sim
 from workers.inference import run_shard
-from workers.lease import REGISTRY
 from workers.stragglers import STRAGGLER_FACTOR, STRAGGLER_SLACK_S, reissue_stragglers, seconds_per_image
 
 
@@ -74,7 +73,7 @@ def test_seconds_per_image_uses_each_device_then_the_job():
 
 def test_an_overdue_shard_is_reissued_once(redis_url, selftest_set, monkeypatch):
     ann, img = selftest_set
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     images = read_images(ann)
     shards = [images[:4], images[4:8], images[8:]]
     state.create(JobParams(job_id="j", annotation=str(ann), image_dir=str(img), backend="sim:100ms", batch=4),
@@ -83,12 +82,16 @@ def test_an_overdue_shard_is_reissued_once(redis_url, selftest_set, monkeypatch)
     for _ in range(3):
         state.record_shard_time("j", "h/cpu:0", 4, 0.4)  # 0.1 s per image: a 4-image shard takes 0.4 s
     sent = []
-    monkeypatch.setattr("workers.stragglers.enqueue_infer", lambda *a, **k: sent.append((a, k)))
+
+    class Sender:  # what the straggler rule sends, instead of a broker's queue
+        def infer(self, *a, **k):
+            sent.append((a, k))
+    monkeypatch.setattr(state, "_enqueuer", Sender())
     now = time.time()
     deadline = STRAGGLER_FACTOR * 0.4 + STRAGGLER_SLACK_S
 
     def in_flight(device, shard, elapsed):
-        state.r.hset(REGISTRY, f"lease:h:{device}", json.dumps({
+        state.r.hset(state.keys.leases(), state.keys.lease("h", device), json.dumps({
             "token": "t", "host": "h", "device": device, "pid": 1, "since": now - 100,
             "shard": {"job": "j", "shard": shard, "batch": 4, "since": now - elapsed}}))
     in_flight("cpu:0", 0, deadline - 0.1)  # slow but not overdue
@@ -96,10 +99,10 @@ def test_an_overdue_shard_is_reissued_once(redis_url, selftest_set, monkeypatch)
     assert reissue_stragglers(state, now) == [("j", 1)]
     assert sent == [(("j", 1, 4), {"redelivered_from": "h/cpu:1 (straggler)"})]
     assert reissue_stragglers(state, now + 5) == [("j", 0)]  # later, shard 0 is overdue too; shard 1 not again
-    assert json.loads(state.r.hget("job:j:reissued", "1"))["from"] == "h/cpu:1"
-    state.r.hdel("job:j:reissued", "0")
-    state.r.hset("job:j:results", "0", "{}")
+    assert state.reissued("j")[1]["from"] == "h/cpu:1"
+    state.r.hdel(state.keys.job_part("j", "reissued"), "0")
+    state.r.hset(state.keys.job_part("j", "results"), "0", "{}")
     assert reissue_stragglers(state, now + 5) == []  # a shard with a result is never reissued
     state.set_status("j", "cancelled")
-    state.r.delete("job:j:reissued")
+    state.r.delete(state.keys.job_part("j", "reissued"))
     assert reissue_stragglers(state, now + 5) == []  # nor one of a job that is not running

@@ -1,14 +1,15 @@
 """A stalled device does not hold the job back: its shard goes to another device, every image counted once."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from orchestrator.generated_set import write_set
 from orchestrator.jobs import new_job_id, submit_job, wait_job
-from tasks.app import configure
 from tasks.params import JobParams
 from tasks.shards import read_images
-from tasks.state import JobState, connect
+from tasks.state import JobState
 from workers.reaper import STRAGGLER_CHECK_S
 from workers.stragglers import STRAGGLER_FACTOR, STRAGGLER_SLACK_S
 
@@ -29,8 +30,7 @@ def run_job(state, ann, backend, coco_eval="faster-coco-eval"):
 @pytest.mark.slow
 def test_one_stalled_device_costs_about_one_detection_delay(redis_url, processes, tmp_path):
     ann, _ = write_set(tmp_path / "set", 240, seed=5)  # load=none: the workers read no image file
-    configure(redis_url)
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     workers = [processes.preprocess_pool(redis_url)] + [processes.device_worker(redis_url, d) for d in DEVICES]
     for w in workers:
         processes.wait_ready(w)
@@ -43,7 +43,7 @@ def test_one_stalled_device_costs_about_one_detection_delay(redis_url, processes
     print(f"healthy {healthy_s:.2f} s, one device stalled {stalled_s:.2f} s (budget {budget:.2f} s)")
     assert stalled_s < healthy_s + budget, (stalled_s, healthy_s)
     assert stalled_s < STALL_S / 2
-    reissued = state.r.hgetall(f"job:{job_id}:reissued")
+    reissued = {str(k): json.dumps(v) for k, v in state.reissued(job_id).items()}
     assert len(reissued) == 1 and "cpu:2" in next(iter(reissued.values()))
     for report in (healthy, stalled):
         cov = report["coverage"]

@@ -11,19 +11,19 @@ import time
 import pytest
 
 from real_processes import wait_for
-from tasks.state import JobState, connect
+from tasks.state import JobState
 
 HOST = socket.gethostname()
 
 
 def submit(processes, url, ann, img, *extra):
     """`submit --broker` as a background process; returns it once its job is registered, with the job id."""
-    known = set(JobState(connect(url)).job_ids())
+    known = set(JobState.open(url).job_ids())
     args = ["-m", "orchestrator", "submit", "--broker", url, "--annotations", str(ann), "--images", str(img),
             "--backend", "sim:150ms", "--batch", "1", "--shard-size", "2", "--static-size", "320", "--warmup", "0",
             "--lease-ttl", "3", "--run-dir", str(processes.folder / "runs"), "--timeout", "120", *extra]
     proc = processes.spawn(f"submit-{len(known)}", args, url)
-    state = JobState(connect(url))
+    state = JobState.open(url)
     job = wait_for(lambda: set(state.job_ids()) - known, 60, what="the job to be submitted").pop()
     return proc, job
 
@@ -37,7 +37,7 @@ def finish(proc, state, job):
 
 
 def lease_record(state, device):
-    raw = state.r.get(f"lease:{HOST}:{device}")
+    raw = state.r.get(state.keys.lease(HOST, device))
     return json.loads(raw) if raw else None
 
 
@@ -45,7 +45,7 @@ def lease_record(state, device):
 def test_two_workers_for_one_device_never_overlap_and_the_second_says_why_it_waits(
         redis_url, processes, selftest_set):
     ann, img = selftest_set
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     processes.preprocess_pool(redis_url)
     first = processes.device_worker(redis_url, "cpu:3", "--backend", "sim:150ms", name="first")
     processes.wait_ready(first)
@@ -67,7 +67,7 @@ def test_two_workers_for_one_device_never_overlap_and_the_second_says_why_it_wai
 @pytest.mark.slow
 def test_kill_9_mid_shard_redelivers_to_a_survivor_and_the_lease_is_taken_over(redis_url, processes, selftest_set):
     ann, img = selftest_set
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     processes.preprocess_pool(redis_url)
     victim = processes.device_worker(redis_url, "cpu:4", "--backend", "sim:150ms", name="victim")
     survivor = processes.device_worker(redis_url, "cpu:5", "--backend", "sim:150ms", name="survivor")

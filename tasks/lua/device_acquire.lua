@@ -1,5 +1,5 @@
 -- Take a free device lease: SET NX PX, a new fencing number, and the registry record, atomically.
--- KEYS[1] lease:{host}:{device}   KEYS[2] lease:{host}:{device}:fence   KEYS[3] leases (registry hash)
+-- KEYS[1] P:lease:{host}:{device}   KEYS[2] P:lease:{host}:{device}:fence   KEYS[3] P:leases (registry hash)
 -- ARGV[1] lease record (JSON, without fence)   ARGV[2] ttl in milliseconds
 -- Returns {1, fence, previous registry record or ''} when taken, {0, holder's record} when held.
 local holder = redis.call('GET', KEYS[1])

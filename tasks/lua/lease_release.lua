@@ -1,5 +1,5 @@
--- Release a job's reducer: compare-and-delete, never a plain DEL.
--- KEYS[1] job:{id}:reducer
+-- Release a lease: compare-and-delete, never a plain DEL (a lease that expired and was taken over stays).
+-- KEYS[1] the lease key (a job's reducer lease; the device lease releases with device_release.lua)
 -- ARGV[1] token
 -- Returns 1 when released, 0 when it was not ours.
 local value = redis.call('GET', KEYS[1])

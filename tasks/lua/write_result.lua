@@ -1,7 +1,7 @@
 -- Fenced, idempotent write of one shard's detections: the first valid write wins, once.
 -- KEYS[1] fencing counter of the writer's device lease
--- KEYS[2] job:{id}:results (hash shard -> payload)
--- KEYS[3] job:{id} (counters)
+-- KEYS[2] P:job:{id}:results (hash shard -> payload)
+-- KEYS[3] P:job:{id} (counters)
 -- ARGV[1] the writer's fencing number, ARGV[2] shard, ARGV[3] payload (JSON), ARGV[4] images in the payload,
 -- ARGV[5] of those, images the writer read from the tensor store
 -- Returns {status, shards_done}: status 1 written, 0 already written (duplicate), -1 stale fencing number.

@@ -1,5 +1,5 @@
 -- Release: compare-and-delete. Never a plain DEL: a lease that expired and was taken over stays.
--- KEYS[1] lease:{host}:{device}   KEYS[2] leases (registry hash)
+-- KEYS[1] P:lease:{host}:{device}   KEYS[2] P:leases (registry hash)
 -- ARGV[1] token
 -- The registry record goes too, unless a shard is still in flight: the reaper gives that one back.
 -- Returns 1 when released, 0 when the lease was not ours.

@@ -1,5 +1,5 @@
 -- Record (or clear) the shard in flight, in the lease and in the registry the reaper reads.
--- KEYS[1] lease:{host}:{device}   KEYS[2] leases (registry hash)
+-- KEYS[1] P:lease:{host}:{device}   KEYS[2] P:leases (registry hash)
 -- ARGV[1] token   ARGV[2] shard as JSON ({"job", "shard", "batch", "since"}) or 'null' to clear
 -- Returns 1 when recorded, 0 when the lease is not ours (then nothing changes).
 local value = redis.call('GET', KEYS[1])

@@ -1,5 +1,5 @@
 -- Reaper: claim the registry record of a lease that expired unreleased (its holder died or hung).
--- KEYS[1] leases (registry hash)   KEYS[2] lease:{host}:{device} (the registry field)
+-- KEYS[1] P:leases (registry hash)   KEYS[2] P:lease:{host}:{device} (the registry field)
 -- Returns the record (removed, so exactly one reaper gives its shard back) or nil while the lease lives.
 local registered = redis.call('HGET', KEYS[1], KEYS[2])
 if not registered then

@@ -1,0 +1,59 @@
+"""Sending the evaluator's tasks to one broker: JSON kwargs only, by task name (this module imports no task code).
+
+Every message goes over this broker's own connection (never a process-wide one), so a process that talks
+to several brokers (tests, a benchmark) sends each message where it belongs; every task id is remembered
+in the job so that `cancel` can revoke it.
+"""
+from __future__ import annotations
+
+from tasks.app import app
+
+INFER_PRIORITY = 6  # Redis lists are polled by priority, 0 first:
+REDELIVERY_PRIORITY = 0  # a shard given back by the reaper jumps the queue
+
+
+class Enqueuer:
+    """The task sender of one broker; made by JobState.tasks."""
+
+    def __init__(self, state, broker_url: str):
+        self.state = state
+        # kombu's keys under this deployment's prefix, whatever the process's own settings say
+        self.connection = app.connection_for_write(
+            broker_url, transport_options={"global_keyprefix": state.keys.kombu_prefix})
+
+    def _send(self, job_id: str, name: str, kwargs: dict, priority: int | None = None) -> str:
+        result = app.send_task(name, kwargs=kwargs, priority=priority, connection=self.connection,
+                               ignore_result=True)  # job state lives in the job's keys, not in task results
+        self.state.remember_task(job_id, result.id)
+        return result.id
+
+    def job(self, job_id: str, n_shards: int, batch: int, preprocess_first: bool = True,
+            shards: list[int] | None = None) -> None:
+        """Preprocessing for every shard first (unless the store is known warm), then inference, in shard order."""
+        shards = list(range(n_shards)) if shards is None else shards
+        if preprocess_first:
+            for shard in shards:
+                self.preprocess(job_id, shard, batch)
+        for shard in shards:
+            self.infer(job_id, shard, batch)
+
+    def preprocess(self, job_id: str, shard: int, batch: int) -> str:
+        return self._send(job_id, "evaluator.preprocess", {"job_id": job_id, "shard": shard, "batch": batch,
+                                                           "device": "cpu"})
+
+    def infer(self, job_id: str, shard: int, batch: int, redelivered_from: str | None = None) -> str:
+        kwargs = {"job_id": job_id, "shard": shard, "batch": batch, "device": "any"}
+        if redelivered_from:
+            kwargs["redelivered_from"] = redelivered_from
+        return self._send(job_id, "evaluator.infer", kwargs,
+                          REDELIVERY_PRIORITY if redelivered_from else INFER_PRIORITY)
+
+    def reduce(self, job_id: str) -> str:
+        return self._send(job_id, "evaluator.reduce", {"job_id": job_id})
+
+    def revoke(self, task_ids: list[str]) -> None:
+        app.control.revoke(task_ids, connection=self.connection)
+
+    def active(self, timeout_s: float = 1.0) -> dict:
+        """What the workers answering a broadcast run now: {worker: [task, ...]}."""
+        return app.control.inspect(timeout=timeout_s, connection=self.connection).active() or {}

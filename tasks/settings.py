@@ -1,0 +1,88 @@
+"""One settings object per process: the broker, the key prefix, the tensor store, the cluster timings.
+
+An entry point builds it once (its flags over the environment: EVALUATOR_BROKER, EVALUATOR_PREFIX) and
+applies it to the Celery app with `config_from_object` before anything connects (tasks/app.py `apply`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+from tasks.keys import Keys, prefix_from_env
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+BROKER_ENV = "EVALUATOR_BROKER"
+
+
+def broker_from_env() -> str:
+    """The broker URL a process uses when none is given on the command line."""
+    return os.environ.get(BROKER_ENV, DEFAULT_BROKER)
+
+
+@dataclass(frozen=True)
+class ClusterTimings:
+    """Lease and failover timings; the worst-case redelivery delay is lease_ttl_s + reap_interval_s."""
+
+    lease_ttl_s: float = 15.0
+    heartbeat_s: float = 5.0  # lease_ttl_s / 3
+    reap_interval_s: float = 5.0
+    # The Redis transport restores unacknowledged messages only after this; failover never waits for it.
+    visibility_timeout_s: int = 12 * 3600
+
+    @classmethod
+    def with_ttl(cls, lease_ttl_s: float | None) -> "ClusterTimings":
+        """Timings scaled to a lease TTL (tests use short ones); None: the defaults."""
+        if not lease_ttl_s:
+            return TIMINGS
+        return cls(lease_ttl_s=lease_ttl_s, heartbeat_s=lease_ttl_s / 3,
+                   reap_interval_s=min(5.0, max(0.5, lease_ttl_s / 3)))
+
+
+TIMINGS = ClusterTimings()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a process needs to take part in a cluster."""
+
+    broker_url: str = field(default_factory=broker_from_env)
+    key_prefix: str = field(default_factory=prefix_from_env)
+    store_root: str | None = None  # a worker's own tensor store folder (None: the job's)
+    timings: ClusterTimings = TIMINGS
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix)
+
+    def with_broker(self, url: str | None) -> "Settings":
+        return replace(self, broker_url=url) if url else self
+
+
+def celery_config(settings: Settings) -> dict:
+    """The Celery app's configuration (DESIGN.md section 4) for these settings."""
+    transport = {"visibility_timeout": settings.timings.visibility_timeout_s,
+                 "global_keyprefix": settings.keys.kombu_prefix}
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.broker_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": dict(transport),
+        "result_expires": 7 * 24 * 3600,
+        "task_routes": {
+            "evaluator.preprocess": {"queue": "preprocess"},
+            "evaluator.infer": {"queue": "infer"},
+            "evaluator.reduce": {"queue": "reduce"},
+        },
+        "worker_hijack_root_logger": False,
+    }

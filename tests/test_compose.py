@@ -8,11 +8,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from real_processes import REPO
+from workers import npu_host
 
 COMPOSE = REPO / "docker-compose.yml"
 ENV = {"REDIS_PASSWORD": "compose-test-pw", "FLOWER_BASIC_AUTH": "ops:secret", "EVALUATOR_HOST": "rack7"}
@@ -65,6 +67,7 @@ def test_redis_flower_and_device_services_are_configured_as_designed(services):
         assert set(s["devices"]) == NPU_NODES | {f"/dev/davinci{n}"}
         assert f"--device npu:{n}" in s["command"]
         assert s["environment"]["EVALUATOR_NPU_VISIBLE"] == str(n)  # the one device its container sees is ACL 0
+        assert s["group_add"] == ["0"]  # MODELS_GID: the om's group, so ais_bench loads it in place
         mounts = {v.split(":")[0]: v for v in s["volumes"]}
         for path in ("/usr/local/Ascend/driver", "/usr/local/bin/npu-smi", "/usr/local/dcmi"):
             assert mounts[path].endswith(":ro"), path
@@ -74,6 +77,23 @@ def test_redis_flower_and_device_services_are_configured_as_designed(services):
     assert any(s.get("profiles") == ["cpu"] and "--device cpu:" in s["command"] for s in services.values())
     hosts = [s["hostname"] for s in services.values() if "--device" in str(s.get("command"))]
     assert len(set(hosts)) == len(hosts) and all(h.startswith("rack7-") for h in hosts)  # unique lease keys
+
+
+def test_every_npu_service_maps_its_device_to_acl_device_0(services, tmp_path, monkeypatch):
+    """Each npuN container sees one device, which ACL numbers 0: read from its /dev, or from its environment."""
+    npus = {name: s for name, s in services.items() if s.get("profiles") == ["npu"]}
+    for name, s in npus.items():
+        n = int(re.search(r"--device npu:(\d+)", s["command"]).group(1))
+        container_dev = tmp_path / name
+        container_dev.mkdir()
+        for node in s["devices"]:
+            (container_dev / Path(node).name).touch()
+        monkeypatch.delenv(npu_host.VISIBLE_ENV, raising=False)
+        assert npu_host.acl_device_id(n, container_dev) == 0, name
+        monkeypatch.setenv(npu_host.VISIBLE_ENV, s["environment"][npu_host.VISIBLE_ENV])
+        assert npu_host.acl_device_id(n, tmp_path / "no-dev") == 0, name
+        monkeypatch.delenv(npu_host.VISIBLE_ENV)
+        assert npu_host.acl_device_id(n, tmp_path / "no-dev") == n  # without either, ACL is asked for N
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Ascend devices as this process sees them: discovery, the ACL device id of `npu:N`, idle attestation, identity.
 
-`npu:N` is the host's logical device (Chip Logic ID, `/dev/davinciN`): it names the lease and the report.
+`npu:N` is the host's logical device (npu-smi's Device column and `-m` Chip Logic ID: npu_info_print.c prints
+dcmi_get_device_logic_id there); it names the lease and the report. The driver names `/dev/davinciN` by the
+physical id, the same number on hosts whose logic and physical ids coincide (all the public samples).
 ACL numbers only the devices this process can see, from 0: a container given `/dev/davinci3` alone sees
 one device, ACL id 0 (vllm-ascend #16256: host devices 3-7 are 0-4 in the container), and
 ASCEND_RT_VISIBLE_DEVICES indexes that visible range again (CANN refuses an id outside it, gpustack #3352).
@@ -115,8 +117,14 @@ def attest(index: int) -> dict:
         return {"idle": None, "detail": f"npu-smi lists no logical device {index} (it lists {listed}); "
                                         f"{_visibility()} ({rule})", "rule": rule}
     rows = npu_smi.parse_processes(info)
-    mine = [p for p in rows if (p.npu_id, p.chip_id) == (chip.npu_id, chip.chip_id) and p.pid != os.getpid()]
-    others = len(rows) - len(mine) - sum(1 for p in rows if p.pid == os.getpid())
+    if rows is None:
+        return {"idle": None, "rule": rule, "npu_id": chip.npu_id, "chip_id": chip.chip_id,
+                "detail": f"npu-smi printed no process table for card {chip.npu_id} chip {chip.chip_id} "
+                          f"({chip.name}); {_visibility()} ({rule})"}
+    own = os.getpid()
+    rows = [p for p in rows if own not in (p.pid, p.pid_in_container)]  # in a container `pid` is the host's
+    mine = [p for p in rows if (p.npu_id, p.chip_id) == (chip.npu_id, chip.chip_id)]
+    others = len(rows) - len(mine)
     detail = f"npu-smi: card {chip.npu_id} chip {chip.chip_id} ({chip.name}) has {len(mine)} other process(es)"
     if mine:
         detail += ": " + "; ".join(f"{p.pid} {p.name} ({p.memory_mb:g} MB)" if p.memory_mb is not None

@@ -36,9 +36,10 @@ class ChipProcess:
 
     npu_id: int
     chip_id: int
-    pid: int
+    pid: int  # a host pid, also when npu-smi runs in a container
     name: str
     memory_mb: float | None
+    pid_in_container: int | None = None  # newer tables' `Process id in container` (NA: not this container's)
 
 
 def _cells(line: str) -> list[str]:
@@ -74,8 +75,10 @@ def parse_chips(text: str) -> list[Chip]:
     return chips
 
 
-def parse_processes(text: str) -> list[ChipProcess]:
-    """The process table's rows (`| NPU Chip | Process id | Process name | Process memory(MB) | ...`)."""
+def parse_processes(text: str) -> list[ChipProcess] | None:
+    """The process table's rows (`| NPU Chip | Process id | Process name | Process memory(MB) | ...`); None when
+    npu-smi printed no process table (it prints one for 310/310P only on card and server boards), so that no
+    row is not taken for no process."""
     rows, in_table = [], False
     for line in text.splitlines():
         if not line.lstrip().startswith("|"):
@@ -92,8 +95,10 @@ def parse_processes(text: str) -> list[ChipProcess]:
                 memory = float(cells[3]) if len(cells) > 3 else None
             except ValueError:
                 memory = None
-            rows.append(ChipProcess(int(first[0]), int(first[1]), int(cells[1]), cells[2], memory))
-    return rows
+            in_container = cells[4] if len(cells) > 4 and cells[4].isdigit() else None
+            rows.append(ChipProcess(int(first[0]), int(first[1]), int(cells[1]), cells[2], memory,
+                                    int(in_container) if in_container else None))
+    return rows if in_table else None
 
 
 def parse_chip_map(text: str) -> dict[tuple[int, int], int]:

@@ -15,8 +15,13 @@ from workers.vendor_tools import run_tool
 
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "torchvision", "ais_bench", "celery", "numpy", "opencv-python")
 DEFAULT_ASCEND_HOME = Path("/usr/local/Ascend")
-# the toolkit's install info below a toolkit folder (`.../latest`) or below the install root
-TOOLKIT_INFO = ("*-linux/ascend_toolkit_install.info", "ascend-toolkit/latest/*-linux/ascend_toolkit_install.info")
+INSTALL_INFO = Path("/etc/ascend_install.info")  # names the driver's folder (Driver_Install_Path_Param)
+# the toolkit's version below a toolkit folder (`.../latest`) or below the install root: share/info/runtime is where
+# ACL itself reads it (hicann/runtime acl.cpp: $ASCEND_HOME_PATH/share/info/<package>/version.info), the
+# `<arch>-linux` install info is the older toolkits' only record
+TOOLKIT_INFO = ("share/info/runtime/version.info", "*-linux/ascend_toolkit_install.info",
+                "ascend-toolkit/latest/share/info/runtime/version.info",
+                "ascend-toolkit/latest/*-linux/ascend_toolkit_install.info")
 
 
 def _installed(name: str) -> str | None:
@@ -48,12 +53,15 @@ def _ascend_roots() -> list[Path]:
 
 
 def cann_version() -> dict[str, str | None]:
-    """The CANN toolkit and NPU driver versions from their install-info files (None off Ascend hosts)."""
+    """The CANN toolkit and NPU driver versions from their install-info files (None off Ascend hosts); the driver
+    first under the folder /etc/ascend_install.info names, as ACL looks for it."""
     toolkit = driver = None
     for root in _ascend_roots():
         for pattern in TOOLKIT_INFO:
             for info in sorted(root.glob(pattern)):
                 toolkit = toolkit or _key_value(info, "version")
+    driver_home = _key_value(INSTALL_INFO, "Driver_Install_Path_Param")
+    for root in ([Path(driver_home)] if driver_home else []) + _ascend_roots():
         driver = driver or _key_value(root / "driver" / "version.info", "Version")
     return {"toolkit": toolkit, "driver": driver}
 

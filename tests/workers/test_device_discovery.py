@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import devices, npu_host, npu_smi
+from workers import devices, npu_host, npu_smi, versions
 from workers.versions import cann_version, device_identity
 
 SAMPLES = Path(__file__).parent / "data" / "npu_smi"
@@ -158,3 +158,40 @@ def test_cuda_attestation_reads_nvidia_smi(bin_dir, apps, idle):
 def test_bad_device_names_the_flag(bad):
     with pytest.raises(ValueError, match=r"\(--device\)"):
         devices.parse_device(bad)
+
+
+def test_no_process_table_is_not_taken_for_an_idle_chip(bin_dir):
+    """npu-smi prints the 310P process table only on card and server boards: no table means not attested."""
+    table = sample("300i_pro.txt")
+    fake_npu_smi(bin_dir, table[:table.index("| NPU     Chip")])
+    assert npu_smi.parse_processes(table[:table.index("| NPU     Chip")]) is None
+    result = devices.attest("npu:1")
+    assert result["idle"] is None and "printed no process table for card 1 chip 0" in result["detail"]
+
+
+def test_this_process_in_a_container_is_known_by_its_container_pid(bin_dir):
+    """In a container npu-smi shows host pids; the newer table's last column holds the container's own pid."""
+    mine = sample("910b_busy.txt").replace("| NA                      |", f"| {os.getpid():<23} |")
+    (row,) = npu_smi.parse_processes(mine)
+    assert row.pid == 632268 and row.pid_in_container == os.getpid()
+    fake_npu_smi(bin_dir, mine)
+    assert devices.attest("npu:0")["idle"] is True
+    fake_npu_smi(bin_dir, sample("910b_busy.txt"))
+    assert devices.attest("npu:0")["idle"] is False
+
+
+def test_cann_version_where_acl_reads_it_and_the_driver_the_install_info_names(tmp_path, monkeypatch):
+    """CANN 8.1+ keeps its version in share/info/runtime/version.info (ACL's aclsysGetCANNVersion reads it there);
+    /etc/ascend_install.info's Driver_Install_Path_Param says where the driver is."""
+    home = tmp_path / "Ascend" / "ascend-toolkit" / "latest"
+    (home / "share" / "info" / "runtime").mkdir(parents=True)
+    (home / "share" / "info" / "runtime" / "version.info").write_text("Version=8.1.RC1\n")
+    driver = tmp_path / "opt" / "npu" / "driver"
+    driver.mkdir(parents=True)
+    (driver / "version.info").write_text("Version=25.0.rc1\n")
+    install_info = tmp_path / "ascend_install.info"
+    install_info.write_text(f"UserName=HwHiAiUser\nDriver_Install_Path_Param={driver.parent}\n"
+                            "Driver_Install_Type=full\n")
+    monkeypatch.setattr(versions, "INSTALL_INFO", install_info)
+    monkeypatch.setenv("ASCEND_HOME_PATH", str(home))
+    assert cann_version() == {"toolkit": "8.1.RC1", "driver": "25.0.rc1"}

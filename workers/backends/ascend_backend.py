@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ log = logging.getLogger("workers.backends.ascend")
 INSTALL_HINT = ("install CANN (source /usr/local/Ascend/ascend-toolkit/set_env.sh) and the aclruntime + ais_bench "
                 "wheels of Huawei's ait benchmark tool")
 DETS_NAMES, LABELS_NAMES = ("dets", "boxes"), ("labels",)
+ATC_OUTPUT_NAME = re.compile(r".*?:\d+:(.+)")
 
 
 def parse_device_id(device: str | int) -> int:
@@ -53,9 +55,11 @@ def to_contract(dets: np.ndarray, labels: np.ndarray, batch_size: int,
 
 
 def output_name(name: str) -> str:
-    """The ONNX output name in an om output's name: ATC writes `<op>:<index>:<onnx name>`
-    (aclmdlGetOutputNameByIndex, ONNX models); a plain name is returned as it is."""
-    return name.rsplit(":", 1)[-1]
+    """The ONNX output name in an om output's name: ATC writes `<op>:<index>:<onnx name>` (GE's omg.cc adds the
+    top name after `node_name:index`), and an ONNX name may itself hold `::` (`onnx::Cast_12`); a plain name
+    is returned as it is."""
+    m = ATC_OUTPUT_NAME.fullmatch(name)
+    return m.group(1) if m else name
 
 
 def pick_outputs(names: list[str], outputs: list, batch: int, model: str) -> tuple[np.ndarray, np.ndarray]:

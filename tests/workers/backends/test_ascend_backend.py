@@ -160,6 +160,8 @@ def test_outputs_without_our_names_are_told_apart_by_size_or_refused():
     with pytest.raises(ValueError, match=r"cannot tell dets from labels .*\(m\.om\)"):
         pick_outputs(["a:0:x", "b:0:y"], [labels, labels], 2, "m.om")
     assert output_name("PartitionedCall_dets_1:1:dets") == "dets" and output_name("dets") == "dets"
+    assert output_name("Gather_7:1:onnx::Cast_12") == "onnx::Cast_12"  # torch's unnamed outputs hold `::`
+    assert output_name("output_0_Concat_1262_0") == "output_0_Concat_1262_0"  # an om built without top names
 
 
 def test_a_failed_execute_of_the_old_release_is_one_line(ais, om_file, monkeypatch):

@@ -10,9 +10,6 @@ ARG EXTRAS=torch
 ARG ORT_PACKAGE=
 ARG GIT_COMMIT=
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MPLBACKEND=Agg EVALUATOR_GIT_COMMIT=${GIT_COMMIT}
-# ais_bench loads only an om owned by its user, not group/other-writable, no symlink (its path_security_check): the
-# worker runs as root over ./models owned by a host user, so it loads a private copy from here (workers/backends/om_file.py)
-ENV EVALUATOR_OM_CACHE=/var/cache/dcn-evaluator/om
 # OpenCV's shared libraries (Debian/Ubuntu images; CANN images on openEuler use yum)
 RUN if command -v apt-get >/dev/null 2>&1; then \
         apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \

@@ -33,10 +33,19 @@ def preprocess(job_id: str, shard: int, batch: int, device: str = "cpu") -> dict
     return preprocess_shard(ctx.state, job_id, shard, ctx.settings.store_root)
 
 
-@app.task(name="evaluator.infer")
-def infer(job_id: str, shard: int, batch: int, device: str = "any", redelivered_from: str | None = None) -> dict:
-    """Run one shard on this worker's device; the result is written once, a duplicate is a no-op."""
-    return context.runner()(job_id, shard)
+@app.task(name="evaluator.infer", bind=True)
+def infer(self, job_id: str, shard: int, batch: int, redelivered_from: str | None = None, **_) -> dict:
+    """Run one shard on this worker's device; the result is written once, a duplicate is a no-op.
+
+    After every batch the task's state becomes PROGRESS (images done of the shard's, batch, device, host):
+    stored for `status JOB`, and sent as a `task-progress` event, which Flower shows live (its text in the
+    task's result field until the real result replaces it).
+    """
+    def progress(**fields) -> None:
+        self.update_state(state="PROGRESS", meta=fields)
+        self.send_event("task-progress", result=repr(fields))
+
+    return context.runner()(job_id, shard, progress, self.request.id)
 
 
 @app.task(name="evaluator.reduce")

@@ -42,7 +42,7 @@ class Enqueuer:
                                                            "device": "cpu"})
 
     def infer(self, job_id: str, shard: int, batch: int, redelivered_from: str | None = None) -> str:
-        kwargs = {"job_id": job_id, "shard": shard, "batch": batch, "device": "any"}
+        kwargs = {"job_id": job_id, "shard": shard, "batch": batch}
         if redelivered_from:
             kwargs["redelivered_from"] = redelivered_from
         return self._send(job_id, "evaluator.infer", kwargs,
@@ -53,6 +53,12 @@ class Enqueuer:
 
     def revoke(self, task_ids: list[str]) -> None:
         app.control.revoke(task_ids, connection=self.connection)
+
+    def progress(self, task_id: str) -> dict | None:
+        """A running shard's last PROGRESS (images done of the shard's, batch, device, host), None without one.
+        Read from the result backend of this process's settings (tasks.app.apply)."""
+        result = app.AsyncResult(task_id)
+        return dict(result.info) if result.state == "PROGRESS" and isinstance(result.info, dict) else None
 
     def active(self, timeout_s: float = 1.0) -> dict:
         """What the workers answering a broadcast run now: {worker: [task, ...]}."""

@@ -144,7 +144,6 @@ def test_an_npu_service_opens_acl_device_0_for_the_one_device_its_container_sees
     doubles = str(REPO / "tests" / "doubles")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([doubles, os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("AIS_DOUBLE_LOG", str(opened))
-    monkeypatch.setenv("EVALUATOR_OM_CACHE", str(tmp_path / "om_cache"))
     argv = [{"/models/model.om": str(om), "/store": str(tmp_path / "store")}.get(a, a)
             for a in shlex.split(service["command"])[1:]]
     worker = processes.spawn("npu3", argv + ["--broker", redis_url], redis_url)

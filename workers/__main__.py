@@ -84,14 +84,15 @@ def run_device_worker(args, settings: Settings) -> int:
                 return 2
         install_context(lambda: WorkerContext(settings, state, runner))
         name = f"{args.device}-{os.getpid()}@{socket.gethostname()}"
-        app.worker_main(celery_argv([INFER_QUEUE], "solo", name, args.loglevel))
+        # threads, one: Celery's consumer loop keeps sending heartbeats while a shard runs (the solo pool runs the
+        # task on that loop and sends none: celery#3768), and the backend stays on its own device thread
+        app.worker_main(celery_argv([INFER_QUEUE], "threads", name, args.loglevel))
         return 0
     finally:
         context.install(None)
         lease.release()
         reaper.stop()
-        if runner.backend is not None:
-            runner.backend.close()
+        runner.close()
 
 
 def run_preprocess_pool(args, settings: Settings) -> int:

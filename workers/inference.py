@@ -6,6 +6,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -18,10 +19,14 @@ from tasks.state import FINISHED, JobState
 from tasks.store import StoreEntry, TensorStore
 from workers.backends import create_backend
 from workers.backends.base import MAX_DETS, InferenceBatch
+from workers.device_thread import DeviceThread
 from workers.devices import attest
 from workers.reaper import give_back
 
 log = logging.getLogger("workers.inference")
+
+
+Progress = Callable[..., None]  # progress(done=, images=, batch=, device=, host=) after every batch
 
 
 class LeaseLost(RuntimeError):
@@ -46,17 +51,18 @@ class ShardRunner:
         self.attestation: dict | None = None  # idle check made before the lease was taken
         self.job_in_flight: str | None = None
         self.job_batches: dict[str, int] = {}
+        self.device_thread = DeviceThread(self.device)  # the backend's one thread
 
     # -- backend ------------------------------------------------------------------------------------
     def backend_for(self, backend: str, model: str = "", precision: str = "fp32"):
         key = (backend, model, precision)
         if key != self._backend_key:
             if self.backend is not None:
-                self.backend.close()
+                self.device_thread.call(self.backend.close)
                 self.backend = None
             t0 = time.time()
             b = create_backend(backend, model, self.device, precision)
-            b.load()
+            self.device_thread.call(b.load)
             self.backend, self._backend_key = b, key
             log.info("loaded backend %s on %s in %.1f s", backend, self.device, time.time() - t0)
             self.state.register_worker(self.host, self.device, self.lease.pid, self._registration(b))
@@ -70,11 +76,12 @@ class ShardRunner:
                 "versions": host_versions(), "identity": device_identity(self.device)}
 
     # -- lease ----------------------------------------------------------------------------------------
-    def begin_shard(self, job_id: str, shard: int, batch: int) -> None:
+    def begin_shard(self, job_id: str, shard: int, batch: int, task_id: str | None = None) -> None:
         while True:
             if not self.lease.held:
                 self.lease.acquire(on_previous=lambda rec: give_back(self.state, rec))
-            if self.lease.mark({"job": job_id, "shard": shard, "batch": batch, "since": time.time()}):
+            if self.lease.mark({"job": job_id, "shard": shard, "batch": batch, "since": time.time(),
+                                "task": task_id}):
                 return
 
     def check(self) -> None:
@@ -92,15 +99,24 @@ class ShardRunner:
         self.job_batches[job_id] = n + 1
         return n
 
+    def close(self) -> None:
+        """Close the backend on its thread, then the thread."""
+        if self.backend is not None:
+            self.device_thread.call(self.backend.close)
+            self.backend = None
+        self.device_thread.close()
+
     # -- the task body ---------------------------------------------------------------------------------
-    def __call__(self, job_id: str, shard: int) -> dict:
+    def __call__(self, job_id: str, shard: int, progress: Progress | None = None, task_id: str | None = None) -> dict:
+        """Run the shard; `progress(done=, images=, batch=, device=, host=)` is called after every batch; `task_id`
+        (the Celery task's) goes into the lease's shard record, where `status` finds the task's progress."""
         status = self.state.status(job_id)
         if status is None or status in FINISHED:
             return {"skipped": f"job {status or 'unknown'}", "device": self.device}
         if self.state.has_result(job_id, shard):
             return {"skipped": "duplicate: shard already written", "device": self.device}
         params = self.state.params(job_id)
-        self.begin_shard(job_id, shard, params.batch)
+        self.begin_shard(job_id, shard, params.batch, task_id)
         self.job_in_flight = job_id
         try:
             try:
@@ -109,7 +125,7 @@ class ShardRunner:
                 self.state.fail(job_id, f"backend {params.backend} cannot run on {self.host}/{self.device}: {exc}")
                 return {"error": str(exc), "device": self.device}
             try:
-                payload = run_shard(self, backend, params, shard, self.state.shard_items(job_id, shard))
+                payload = run_shard(self, backend, params, shard, self.state.shard_items(job_id, shard), progress)
             except LeaseLost:
                 raise
             except JobStopped as exc:
@@ -126,8 +142,10 @@ class ShardRunner:
                 self.lease.mark(None)
         if outcome == "written" and done == self.state.n_shards(job_id) and self.state.claim_reduce(job_id):
             self.state.tasks.reduce(job_id)
-        log.info("shard %d of job %s: %d images, %s", shard, job_id, len(payload["image_ids"]), outcome)
-        return {"device": self.device, "host": self.host, "images": len(payload["image_ids"]),
+        images, seconds = len(payload["image_ids"]), payload["t_end"] - payload["t_start"]
+        log.info("shard %d of job %s: %d images, %s", shard, job_id, images, outcome)
+        return {"device": f"{self.host}/{self.device}", "shard": shard, "images": images,
+                "images_per_s": round(images / seconds, 2) if seconds > 0 else None,
                 "unreadable": len(payload["unreadable"]), "outcome": outcome}
 
 
@@ -178,7 +196,8 @@ def _stack(group: list, rows: int) -> np.ndarray:
     return batch
 
 
-def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items: list[dict]) -> dict:
+def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items: list[dict],
+              progress: Progress | None = None) -> dict:
     """Every image of the shard through the backend; returns the payload written to Redis.
 
     The next batch is loaded, normalised and stacked while the device runs this one; the time
@@ -202,10 +221,21 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
                 results.extend(_run_batch(runner, backend, params, shard, group, batch, load_s, wait_s))
                 image_ids.extend(item["id"] for item, _ in group)
                 wait_s = 0.0
+                if progress is not None:
+                    report_progress(progress, done=len(image_ids) + len(unreadable), images=len(items),
+                                    batch=params.batch, device=runner.device, host=runner.host)
     return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
             "device": runner.device, "host": runner.host, "pid": os.getpid(), "fence": runner.lease.fence,
             "t_start": t_begin, "t_end": time.time(),
             "store": {"hits": store.hits, "misses": store.misses, "recomputed": store.recomputed}}
+
+
+def report_progress(progress: Progress, **fields) -> None:
+    """Progress is for people watching: a failure to send it never stops the shard."""
+    try:
+        progress(**fields)
+    except Exception as exc:  # noqa: BLE001 - logged; the shard goes on
+        log.warning("progress not sent: %s", exc)
 
 
 def _batch(params: JobParams, backend, group: list) -> InferenceBatch:
@@ -225,7 +255,7 @@ def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, grou
     """One device call, its timing record, its COCO results."""
     rows = len(batch.clip_hw)
     t_start = time.time()
-    dets, labels = backend.infer(batch)
+    dets, labels = runner.device_thread.call(backend.infer, batch)
     t_end = time.time()
     if dets.shape[0] < len(group) or dets.shape[1:] != (MAX_DETS, 5) or labels.shape[0] < len(group):
         raise ValueError(f"backend {backend.name} returned dets {dets.shape} labels {labels.shape} "

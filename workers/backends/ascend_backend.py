@@ -10,7 +10,7 @@ import numpy as np
 from model.config import MODEL
 from workers.backends import BackendUnavailable
 from workers.backends.base import MAX_DETS, Backend, InferenceBatch
-from workers.backends.om_file import usable_om
+from workers.backends.om_file import check_om
 from workers.npu_host import acl_device_id
 
 log = logging.getLogger("workers.backends.ascend")
@@ -113,7 +113,7 @@ class AscendBackend(Backend):
             raise FileNotFoundError(f"no such om model ({self.model_path})")
         infer_session = import_infer_session()
         self.acl_device_id = acl_device_id(self.device_index)
-        self.loaded_path = usable_om(self.model_path)
+        self.loaded_path = check_om(self.model_path)
         self.session = infer_session(device_id=self.acl_device_id, model_path=self.loaded_path)
         inputs = self.session.get_inputs()
         self.input_names = [i.name for i in inputs]

@@ -26,11 +26,10 @@ DOUBLES = Path(__file__).resolve().parents[2] / "doubles"
 
 @pytest.fixture
 def ais(monkeypatch, tmp_path):
-    """The double's `ais_bench.infer.interface`, importable as ais_bench; om copies go to a private cache."""
+    """The double's `ais_bench.infer.interface`, importable as ais_bench."""
     monkeypatch.syspath_prepend(str(DOUBLES))
     for name in [m for m in sys.modules if m == "ais_bench" or m.startswith("ais_bench.")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setenv("EVALUATOR_OM_CACHE", str(tmp_path / "om_cache"))
     monkeypatch.delenv(npu_host.VISIBLE_ENV, raising=False)
     monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(npu_host, "DEV_DIR", tmp_path / "no_dev")  # no /dev/davinci node: npu:N is ACL id N
@@ -177,8 +176,10 @@ def test_a_failed_execute_of_the_old_release_is_one_line(ais, om_file, monkeypat
 
 
 @pytest.mark.parametrize("problem", ["foreign owner", "group writable", "symlink", "odd name", "no .om suffix"])
-def test_an_om_that_ais_bench_refuses_is_loaded_from_a_private_copy(ais, tmp_path, problem, caplog):
+def test_an_om_that_ais_bench_refuses_is_refused_first_in_one_line_with_the_fix(ais, tmp_path, problem):
     om = write_om(tmp_path / "model_bs2.om")
+    fix = {"foreign owner": "MODELS_GID", "group writable": "chmod go-w", "symlink": "give the file itself",
+           "odd name": "rename it", "no .om suffix": "does not end in .om"}[problem]
     if problem == "foreign owner":
         os.chown(om, 4321, 4321)
     elif problem == "group writable":
@@ -193,13 +194,11 @@ def test_an_om_that_ais_bench_refuses_is_loaded_from_a_private_copy(ais, tmp_pat
         om = om.rename(tmp_path / "model_bs2.bin")
     with pytest.raises(ValueError):  # the double refuses the file as ais_bench would
         ais.NewInferSession(device_id=0, model_path=str(om))
-    assert path_problems(om)
-    backend = AscendBackend(om)
-    backend.load()
-    loaded = Path(ais._Session.created[-1].model_path)
-    assert loaded.parent == tmp_path / "om_cache" and loaded.suffix == ".om" and oct(loaded.stat().st_mode)[-3:] == "640"
-    assert loaded.read_bytes() == om.read_bytes() and not path_problems(loaded)
-    assert "using a private copy" in caplog.text
+    with pytest.raises(ValueError) as refused:
+        AscendBackend(om).load()
+    message = str(refused.value)
+    assert message.startswith("ais_bench refuses this om: ") and fix in message and message.endswith(f"({om})")
+    assert "\n" not in message and ais._Session.created == []  # refused before any session
 
 
 def test_missing_runtime_and_wrong_input_size(ais, om_file, monkeypatch):

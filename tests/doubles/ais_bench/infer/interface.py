@@ -112,7 +112,8 @@ class OldInferSession(_Session):
 
     def infer(self, feeds, mode="static", custom_sizes=100000):
         out = self._execute(feeds)
-        return [] if out is None else out  # aclruntime's run answers an empty list when the execute fails
+        # an empty answer, as reported of the 2023 release in the field; the aclruntime sources read throw instead
+        return [] if out is None else out
 
     def finalize(self):
         self.freed = True

@@ -21,6 +21,7 @@ RUN if command -v apt-get >/dev/null 2>&1; then \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY model model
+COPY evaluation evaluation
 COPY conversion conversion
 COPY workers workers
 COPY tasks tasks

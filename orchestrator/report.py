@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state
-from tasks.coco_eval import STAT_NAMES
+from evaluation.coco_eval import STAT_NAMES
 from tasks.reduce import reduce_job
 
 SAMPLE_BANNER = ("BUILT-IN SAMPLE: no COCO data was found, so this ran the generated selftest set with {what}. "

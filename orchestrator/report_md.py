@@ -1,7 +1,7 @@
 """report.md: the job's report for people; every number in its tables is a value of report.json."""
 from __future__ import annotations
 
-from tasks.coco_eval import STAT_NAMES
+from evaluation.coco_eval import STAT_NAMES
 
 
 def _n(value, fmt: str) -> str:

@@ -22,7 +22,7 @@ from orchestrator.report import render, sample_banner, stdout_console, write_run
 from orchestrator.sweep import model_for, parse_batches, render_sweep, write_sweep
 from model.preprocess import SIZE_MODES
 from tasks.app import app
-from tasks.coco_eval import DEFAULT_EVALUATOR, EVALUATORS
+from evaluation.coco_eval import DEFAULT_EVALUATOR, EVALUATORS
 from tasks.params import TIMINGS, ClusterTimings, JobParams
 from tasks.shards import AnnotationError, read_images
 from tasks.state import JobState

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.errors import UsageError
+from commandline import UsageError
 from evaluation.coco_eval import evaluate
 from evaluation.matching import match_detections
 

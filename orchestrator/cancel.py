@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.cli import UsageError, add_broker_arg, open_state
+from commandline import UsageError
+from orchestrator.cli import add_broker_arg, open_state
 from orchestrator.control import active_tasks, cancel_job, wait_stopped
 
 

@@ -13,7 +13,8 @@ import sys
 
 from kombu.utils.url import maybe_sanitize_url
 
-from orchestrator.cli import UsageError, add_broker_arg, open_state, positive_int
+from commandline import UsageError
+from orchestrator.cli import add_broker_arg, open_state, positive_int
 from tasks.app import app
 from tasks.params import broker_from_env
 

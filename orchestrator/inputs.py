@@ -5,7 +5,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.cli import UsageError
+from commandline import UsageError
 from orchestrator.selftest_set import write_selftest_set
 from workers.backends import backend_for_model, check_spec
 

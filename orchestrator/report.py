@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state
+from commandline import UsageError
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state
 from evaluation.coco_eval import STAT_NAMES
 from tasks.reduce import reduce_job
 

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state
+from commandline import UsageError
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.control import resume_job
 from orchestrator.submit import live_devices, watch

@@ -9,7 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.bins import report_line, write_bins
-from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state, positive_int
+from commandline import UsageError
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state, positive_int
 from orchestrator.cluster import ClusterError, LocalCluster, free_port
 from orchestrator.control import lease_registry
 from orchestrator.dashboard import AUTH_ENV, basic_auth

@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import UsageError, positive_int
+from commandline import UsageError
+from orchestrator.cli import positive_int
 from orchestrator.plots import fps_vs_batch
 from orchestrator.report_data import sweep_rows
 from orchestrator.report_md import sweep_table, table

@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 
+from commandline import usage_error
 from tasks import runtime
 from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, configure
 from tasks.params import TIMINGS, ClusterTimings
@@ -68,8 +69,7 @@ def run_device_worker(args, state: JobState, timings: ClusterTimings) -> int:
             try:
                 runner.backend_for(args.backend, args.model or "", args.precision)
             except Exception as exc:
-                print(f"error: backend {args.backend} cannot run on {args.device}: {exc} (--backend)", file=sys.stderr)
-                return 2
+                return usage_error(f"backend {args.backend} cannot run on {args.device}: {exc} (--backend)")
         runtime.install(runner)
         name = f"{args.device}-{os.getpid()}@{socket.gethostname()}"
         app.worker_main(celery_argv([INFER_QUEUE], "solo", name, args.loglevel))
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.lease_ttl <= 0:
             raise ValueError("the lease TTL must be positive (--lease-ttl)")
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
     if args.store:
         args.store = os.path.abspath(args.store)
         os.environ["EVALUATOR_STORE"] = args.store  # the prefork pool's children read it

@@ -17,7 +17,9 @@ RUN if command -v apt-get >/dev/null 2>&1; then \
     elif command -v yum >/dev/null 2>&1; then yum install -y mesa-libGL glib2 && yum clean all; fi
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY commandline commandline
 COPY model model
+COPY evaluation evaluation
 COPY conversion conversion
 COPY workers workers
 COPY tasks tasks

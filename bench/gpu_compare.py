@@ -119,8 +119,8 @@ def run_like_the_worker(backend, batches) -> tuple[list[tuple[np.ndarray, np.nda
 
 
 def match_all(reference, produced, box_tol: float = 0.05, score_tol: float = 1e-4) -> dict:
-    """Totals of model.matching over image pairs: matched, ref_count, extra, fraction, worst differences."""
-    from model.matching import match_detections
+    """Totals of evaluation.matching over image pairs: matched, ref_count, extra, fraction, worst differences."""
+    from evaluation.matching import match_detections
 
     total = {"matched": 0, "ref_count": 0, "extra": 0, "max_box_diff": 0.0, "max_score_diff": 0.0}
     for (ref_d, ref_l), (d, lab) in zip(reference, produced, strict=True):
@@ -158,7 +158,7 @@ class GeneratedSet:
 
     def average_precision(self, detections, annotation: Path | None = None) -> float:
         """COCO box AP against the set's annotations, or against `annotation` (see `as_ground_truth`)."""
-        from tasks.coco_eval import evaluate
+        from evaluation.coco_eval import evaluate
         results = self.results(detections)
         if annotation is not None:  # boxes clipped to nothing cannot be matched: left out on both sides
             results = [r for r in results if r["bbox"][2] > 0 and r["bbox"][3] > 0]

@@ -4,33 +4,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from conversion import make_checkpoint, onnx2om, predict, pth2onnx, verify
-from conversion.errors import UsageError
+from commandline import command_parser, run_command
 
-# Each module registers its own subcommand and sets `func` on its parser.
-COMMAND_MODULES = (predict, make_checkpoint, pth2onnx, onnx2om, verify)
+COMMAND_MODULES = ("conversion.predict", "conversion.make_checkpoint", "conversion.pth2onnx", "conversion.onnx2om",
+                   "conversion.verify")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m conversion",
-        description="Turn the mmdet checkpoint into models each device runs, and prove they agree.",
-        epilog="example: python -m conversion predict --checkpoint model.pth --image cat.jpg --out dets.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        module.register(sub)
-    return parser
+    return command_parser(
+        "python -m conversion",
+        "Turn the mmdet checkpoint into models each device runs, and prove they agree.",
+        "example: python -m conversion predict --checkpoint model.pth --image cat.jpg --out dets.json",
+        COMMAND_MODULES)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

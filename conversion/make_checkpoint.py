@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from conversion.errors import UsageError
+from commandline import UsageError
 
 
 def register(subparsers) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conversion.errors import UsageError
+from commandline import UsageError
 from model.config import PREPROCESS
 from workers import npu_smi
 

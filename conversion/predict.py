@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conversion.errors import UsageError
+from commandline import UsageError
 from model.config import PREPROCESS
 from model.preprocess import SIZE_MODES, ImageReadError, clip_sizes, load_image, preprocess
 

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from conversion.errors import UsageError
+from commandline import UsageError
 from model.config import PREPROCESS
 
 

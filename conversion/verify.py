@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.errors import UsageError
+from commandline import UsageError
+from evaluation.coco_eval import evaluate
+from evaluation.matching import match_detections
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -114,7 +116,6 @@ def run(args) -> int:
     import torch
 
     from model.checkpoint import CheckpointError, load_detector
-    from model.matching import match_detections
     from model.postprocess import to_coco_results
     from model.preprocess import ImageReadError, clip_sizes, load_image, preprocess, stack_batch
 
@@ -179,8 +180,6 @@ def report(args, totals: Totals, ann_data: dict | None, image_ids: set[int]) -> 
     summary = {"matched": totals.matched, "reference": totals.ref, "extra": totals.extra, "match_rate": rate,
                "max_box_diff": totals.max_box, "max_score_diff": totals.max_score}
     if ann_data is not None:
-        from tasks.coco_eval import evaluate
-
         with tempfile.TemporaryDirectory() as tmp:
             ann = subset_annotation(ann_data, image_ids, Path(tmp))
             ap_torch = evaluate(str(ann), totals.torch_results)["stats"]["AP"]

@@ -1,1 +1,1 @@
-"""The command line: submit, status, report, selftest; the embedded local cluster; progress and reports."""
+"""The command line over the cluster: thin commands, the job lifecycle, the embedded cluster, and the reports."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.cli import UsageError, add_broker_arg, open_state
+from commandline import UsageError
+from orchestrator.cli import add_broker_arg, open_state
 from orchestrator.control import active_tasks, cancel_job, wait_stopped
 
 
@@ -41,7 +42,8 @@ def register(sub) -> None:
                                    "task id it was sent under, and wait until no device runs a shard of it (a "
                                    "running shard stops at its next batch and writes nothing). Shard results "
                                    "already written are kept: `resume` runs only the rest.",
-                       epilog="example: python -m orchestrator cancel 20250101-120000-ab12cd --broker redis://head:6379/0",
+                       epilog="example: python -m orchestrator cancel 20250101-120000-ab12cd "
+                              "--broker redis://head:6379/0",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", metavar="JOB", help="job id")
     add_broker_arg(p, "the cluster's Redis URL")

@@ -1,13 +1,10 @@
-"""What every subcommand shares: the one-line usage error and the broker connection."""
+"""The flags several orchestrator commands take, and the broker connection they open."""
 from __future__ import annotations
 
 import argparse
 
+from commandline import UsageError
 from tasks.state import BrokerError, JobState
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line `error: <what> (<file or flag>)` with exit 2."""
 
 
 def add_broker_arg(p: argparse.ArgumentParser, help_text: str | None = None) -> None:

@@ -171,7 +171,8 @@ class LocalCluster:
             except OSError:
                 proc = self.procs["dashboard"]
                 if proc.poll() is not None or time.time() > deadline:
-                    raise ClusterError(f"the dashboard did not start: {log_tail(self.run_dir / 'logs' / 'dashboard.log')}")
+                    tail = log_tail(self.run_dir / "logs" / "dashboard.log")
+                    raise ClusterError(f"the dashboard did not start: {tail}")
                 time.sleep(0.1)
 
     def check_alive(self) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import sys
 
 from kombu.utils.url import maybe_sanitize_url
 
-from orchestrator.cli import UsageError, add_broker_arg, open_state, positive_int
+from commandline import UsageError
+from orchestrator.cli import add_broker_arg, open_state, positive_int
+from orchestrator.cluster import LocalCluster, free_port
 from tasks.app import app, apply
 from tasks.settings import Settings, broker_from_env
 
@@ -34,6 +37,19 @@ def flower_argv(port: int, address: str) -> list[str]:
     """Flower's own command line (the login comes from the environment, never from argv: `ps` shows argv)."""
     return ["flower", f"--port={port}", f"--address={address}", f"--tasks_columns={TASK_COLUMNS}",
             "--enable_events=True", "--purge_offline_workers=600"]
+
+
+def start_dashboard(cluster: LocalCluster, port: int | None) -> None:
+    """Flower beside the embedded cluster, for as long as it runs; a login is made up when none is set."""
+    auth = os.environ.get(AUTH_ENV)
+    if auth:
+        basic_auth()  # one-line error when malformed
+        login = f"log in as {auth.split(':', 1)[0]}, password from {AUTH_ENV}"
+    else:
+        auth = f"evaluator:{secrets.token_urlsafe(9)}"
+        login = f"user evaluator, password {auth.split(':', 1)[1]} (set {AUTH_ENV} to choose)"
+    url = cluster.start_dashboard(port or free_port(), auth)
+    print(f"dashboard: {url} (Flower, while this job runs; {login})", file=sys.stderr, flush=True)
 
 
 def run(args) -> int:

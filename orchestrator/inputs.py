@@ -5,7 +5,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.cli import UsageError
+from commandline import UsageError
 from orchestrator.selftest_set import write_selftest_set
 from workers.backends import backend_for_model, check_spec
 
@@ -69,7 +69,7 @@ def resolve(annotations: str | None, images: str | None, backend: str | None, mo
     limit = None
     if not backend and not model:
         if _torch_sample_possible():
-            from model.random_checkpoint import write_random_checkpoint
+            from model.random_checkpoint import write_random_checkpoint  # the torch extra: only when installed
             model = str(sample_dir / "random_weights.pth")
             if not Path(model).is_file():
                 sample_dir.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,24 @@
-"""Submitting a job to Redis and following it to its report."""
+"""A job's lifecycle from the orchestrator's side: submit it, wait for it, follow it to its report."""
 from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
+from orchestrator.cluster import ClusterError
+from orchestrator.manifest import build_manifest
+from orchestrator.progress import JobProgress
+from orchestrator.reporting.data import collect
+from orchestrator.reporting.writer import publish
 from tasks.params import JobParams
+from tasks.settings import TIMINGS, ClusterTimings
 from tasks.shards import plan_shards
 from tasks.state import FINISHED, JobState
+from workers.reaper import Reaper
 
 
 class JobFailed(RuntimeError):
@@ -50,3 +61,53 @@ def wait_job(state: JobState, job_id: str, on_progress=None, check_alive=None, p
         if deadline and time.time() > deadline:
             raise JobFailed(f"job {job_id} still {status} after {timeout_s:.0f} s")
         time.sleep(poll_s)
+
+
+def live_devices(state: JobState, warn: bool = False) -> int:
+    """Devices whose lease is held right now on this broker; with `warn`, one line on stderr when there are none."""
+    n = state.leases.held_count()
+    if warn and n == 0:
+        print("warning: no device worker holds a lease on this broker yet; the job waits for one", file=sys.stderr)
+    return n
+
+
+@dataclass(frozen=True)
+class Watcher:
+    """How a command follows its jobs: the reaper's pace, the embedded cluster's liveness check, a time limit."""
+
+    timings: ClusterTimings = TIMINGS
+    check_alive: Callable[[], None] | None = None
+    timeout_s: float | None = None
+
+    def wait(self, state: JobState, job_id: str) -> dict:
+        """Progress on stderr and a reaper running until the job ends; its report (JobFailed when none)."""
+        n_images = int(state.summary(job_id).get("n_images", 0))
+        reaper = Reaper(state, self.timings.reap_interval_s, stragglers=True).start()
+        try:
+            with JobProgress(job_id, n_images) as progress:
+                return wait_job(state, job_id, progress.update, self.check_alive, timeout_s=self.timeout_s)
+        finally:
+            reaper.stop()
+
+    def follow(self, state: JobState, job_id: str, run_dir: str | Path) -> int:
+        """Wait for the job, then its table on stdout and its run folder: exit code 0 when it is done."""
+        try:
+            self.wait(state, job_id)
+        except (JobFailed, ClusterError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        report, batches, results = collect(state, job_id)
+        code = publish(run_dir, report, results, batches)
+        print(f"run folder: {run_dir}", file=sys.stderr)
+        return code
+
+
+def run_job(state: JobState, params: JobParams, images: list[dict], n_devices: int, watcher: Watcher,
+            checkpoint: str | None = None, preprocess_first: bool = True) -> int:
+    """Submit the job, say in one line how to follow it from elsewhere, follow it to its report; exit code."""
+    n_shards = submit_job(state, params, images, n_devices, build_manifest(params, checkpoint), preprocess_first)
+    print(f"job {params.job_id}: {len(images)} images, {n_shards} shards of up to "
+          f"{max(len(s) for s in state.all_shards(params.job_id).values())} images, batch {params.batch}, "
+          f"{n_devices} device(s), backend {params.backend}; follow it with "
+          f"`python -m orchestrator status {params.job_id} --broker {state.broker_url}`", file=sys.stderr)
+    return watcher.follow(state, params.job_id, params.run_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state, positive_int
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
-from orchestrator.report import write_run_files
+from orchestrator.reporting.writer import write_run_files
 from orchestrator.selftest_set import write_selftest_set
 from model.preprocess import SIZE_MODES
 from tasks.params import JobParams

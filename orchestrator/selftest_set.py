@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from model.config import COCO_CATEGORY_IDS, COCO_CLASSES
 
@@ -49,7 +50,6 @@ def _write(path: Path, img_bgr: np.ndarray, mode: str) -> None:
         alpha = np.full(img_bgr.shape[:2], 128, dtype=np.uint8)
         ok = cv2.imwrite(str(path), np.dstack([img_bgr, alpha]))
     elif mode == "cmyk":
-        from PIL import Image
         Image.fromarray(img_bgr[..., ::-1]).convert("CMYK").save(path, "JPEG", quality=95)
         ok = True
     else:

@@ -5,7 +5,8 @@ import json
 import time
 from pathlib import Path
 
-from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state
+from commandline import UsageError
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state
 from tasks.lease import describe_holder
 from tasks.state import JobState
 

@@ -1,110 +1,113 @@
-"""`submit`: one evaluation job, on the embedded local cluster (default) or a running one (--broker)."""
+"""`submit`: one evaluation job (or a batch sweep), on the embedded local cluster (default) or a running one."""
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from commandline import UsageError
 from orchestrator.bins import report_line, write_bins
-from orchestrator.cli import UsageError, add_broker_arg, add_run_dir_arg, open_state, positive_int
-from orchestrator.cluster import ClusterError, LocalCluster, free_port
-from orchestrator.dashboard import AUTH_ENV, basic_auth
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state, positive_int
+from orchestrator.cluster import ClusterError, LocalCluster
+from orchestrator.dashboard import AUTH_ENV, start_dashboard
 from orchestrator.inputs import resolve
-from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
-from orchestrator.manifest import build_manifest
-from orchestrator.progress import JobProgress
-from orchestrator.report_data import collect, derive
-from orchestrator.report import render, sample_banner, stdout_console, write_run_files
-from orchestrator.sweep import model_for, parse_batches, render_sweep, write_sweep
+from orchestrator.jobs import Watcher, live_devices, new_job_id, run_job
+from orchestrator.model_files import check_model_file
+from orchestrator.reporting.console import sample_banner
+from orchestrator.sweep import batch_models, follow_sweep, parse_batches, sweep_jobs
+from evaluation.coco_eval import DEFAULT_EVALUATOR, EVALUATORS
 from model.preprocess import SIZE_MODES
-from tasks.coco_eval import DEFAULT_EVALUATOR, EVALUATORS
 from tasks.params import JobParams
 from tasks.settings import TIMINGS, ClusterTimings
 from tasks.shards import AnnotationError, read_images
 from tasks.state import JobState
 from workers.devices import discover, parse_device
-from workers.reaper import Reaper
 
 
-def live_devices(state: JobState) -> int:
-    """Devices whose lease is held right now on this broker."""
-    return state.leases.held_count()
+@dataclass(frozen=True)
+class Submission:
+    """What one submit runs: one job, or one per batch size of a sweep, over the same images."""
+
+    jobs: list[JobParams]
+    images: list[dict]
+    checkpoint: str | None = None  # the .pth an exported model came from, for the manifest
+
+    @property
+    def sample(self) -> bool:
+        return self.jobs[0].sample
+
+    @property
+    def folder(self) -> Path:
+        """The run folder of the whole submit (the embedded cluster's): the job's, or the sweep's."""
+        first = self.jobs[0]
+        return Path(first.run_dir).parent / (first.sweep or first.job_id)
+
+    def run(self, state: JobState, n_devices: int, watcher: Watcher) -> int:
+        """Every job to its report; the exit code (0 when all are done)."""
+        if len(self.jobs) == 1:
+            return run_job(state, self.jobs[0], self.images, n_devices, watcher, self.checkpoint)
+        print(f"batch sweep {self.jobs[0].sweep}: batch sizes {', '.join(str(p.batch) for p in self.jobs)}, "
+              "one job each", file=sys.stderr)
+        return follow_sweep(state, self.jobs, self.images, n_devices, watcher, self.checkpoint)
 
 
-def follow(state: JobState, params: JobParams, images: list[dict], n_devices: int, run_dir: Path,
-           timings: ClusterTimings, check_alive=None, timeout_s: float | None = None,
-           checkpoint: str | None = None, preprocess_first: bool = True) -> int:
-    """Submit, show progress, print the final table, write the run folder; exit code 0 when done."""
-    n_shards = submit_job(state, params, images, n_devices, build_manifest(params, checkpoint), preprocess_first)
-    print(f"job {params.job_id}: {len(images)} images, {n_shards} shards of up to "
-          f"{max(len(s) for s in state.all_shards(params.job_id).values())} images, batch {params.batch}, "
-          f"{n_devices} device(s), backend {params.backend}; follow it with "
-          f"`python -m orchestrator status {params.job_id} --broker {state.broker_url}`", file=sys.stderr)
-    return watch(state, params.job_id, run_dir, timings, check_alive, timeout_s)[0]
+def check_flags(args) -> list[int]:
+    """The batch sizes; a one-line error for each flag that cannot work, before any file is read."""
+    batches = parse_batches(args.batch)
+    if args.dashboard and args.broker:
+        raise UsageError("a running cluster has its own dashboard: python -m orchestrator dashboard --broker URL "
+                         "(--dashboard)")
+    if len(batches) > 1 and args.no_store:
+        raise UsageError("a batch sweep preprocesses once into the tensor store: drop --no-store (--no-store)")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UsageError(f"checkpoint file not found ({args.checkpoint})")
+    if args.shard_size < 0:
+        raise UsageError(f"--shard-size must be 0 (automatic) or more, got {args.shard_size} (--shard-size)")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be 0 or more, got {args.warmup} (--warmup)")
+    positive_int("--static-size", args.static_size)
+    if args.write_bins and args.size_mode != "static":
+        raise UsageError("the recipe's .bin files are S x S canvases: --write-bins needs --size-mode static "
+                         "(--write-bins)")
+    return batches
 
 
-def follow_sweep(state: JobState, jobs: list[JobParams], images: list[dict], n_devices: int, run_root: Path,
-                 timings: ClusterTimings, check_alive=None, timeout_s: float | None = None,
-                 checkpoint: str | None = None) -> int:
-    """One job per batch size, one after the other; only the first enqueues preprocessing (the store is warm
-    after it). Then every job's report gets the whole sweep, and the sweep's own folder its table and plot."""
-    code = 0
-    for i, params in enumerate(jobs):
-        code = max(code, follow(state, params, images, n_devices, run_root / params.job_id, timings, check_alive,
-                                timeout_s, checkpoint, preprocess_first=i == 0))
-        if state.report(params.job_id) is None:
-            break  # failed or cancelled: the rest would fail the same way
-    sweep_id = jobs[0].sweep
-    reports = []
-    for params in jobs:
-        if state.report(params.job_id) is not None:
-            report, batches, _ = collect(state, params.job_id, with_results=False)
-            write_run_files(run_root / params.job_id, report, None, None, batches)
-            reports.append(report)
-    if reports:
-        sweep = write_sweep(run_root / sweep_id, sweep_id, reports)
-        render_sweep(sweep, stdout_console())
-        print(f"sweep report: {run_root / sweep_id / 'report.md'}", file=sys.stderr)
-        code = max(code, 0 if sweep["status"] == "done" and len(reports) == len(jobs) else 1)
-    return code
-
-
-def watch(state: JobState, job_id: str, run_dir: Path, timings: ClusterTimings, check_alive=None,
-          timeout_s: float | None = None) -> tuple[int, dict | None]:
-    """Progress until the job ends, then the table and the run folder: (exit code, report or None)."""
-    n_images = int(state.summary(job_id).get("n_images", 0))
-    reaper = Reaper(state, timings.reap_interval_s, stragglers=True).start()
+def plan(args, batches: list[int]) -> Submission:
+    """The inputs resolved, every model file opened and the annotation file read: the jobs to submit."""
+    models = batch_models(args.model, batches)
+    run_root = Path(args.run_dir).resolve()
+    inputs = resolve(args.annotations, args.images, args.backend, models.get(batches[0], args.model),
+                     run_root / "sample")
+    for model in sorted({m for m in (*models.values(), inputs.model) if m}):
+        check_model_file(inputs.backend, model, args.size_mode, args.static_size)
     try:
-        with JobProgress(job_id, n_images) as progress:
-            report = wait_job(state, job_id, progress.update, check_alive, timeout_s=timeout_s)
-    except (JobFailed, ClusterError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1, None
-    finally:
-        reaper.stop()
-    report, batches, results = collect(state, job_id)
-    derive(report)
-    console = stdout_console()
-    render(report, console)
-    write_run_files(run_dir, report, results, console.export_text(), batches)
-    print(f"run folder: {run_dir}", file=sys.stderr)
-    return (0 if report["status"] == "done" else 1), report
+        images = read_images(inputs.annotation)
+    except AnnotationError as exc:
+        raise UsageError(str(exc)) from exc
+    job_id = new_job_id()
+    store = "" if args.no_store else str(Path(args.store or run_root / "store").resolve())
+    params = JobParams(job_id=job_id, annotation=inputs.annotation, image_dir=inputs.image_dir,
+                       backend=inputs.backend, model=inputs.model, precision=args.precision, batch=batches[0],
+                       size_mode=args.size_mode, static_size=args.static_size, shard_size=args.shard_size,
+                       warmup_batches=args.warmup, coco_eval=args.coco_eval, store=store, sample=inputs.sample,
+                       run_dir=str(run_root / job_id))
+    jobs = sweep_jobs(params, batches, models) if len(batches) > 1 else [params]
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+    return Submission(jobs, images, checkpoint)
 
 
-def start_dashboard(cluster: LocalCluster, port: int | None) -> None:
-    """Flower beside the embedded cluster, for as long as it runs; a login is made up when none is set."""
-    auth = os.environ.get(AUTH_ENV)
-    if auth:
-        basic_auth()  # one-line error when malformed
-        login = f"log in as {auth.split(':', 1)[0]}, password from {AUTH_ENV}"
-    else:
-        auth = f"evaluator:{secrets.token_urlsafe(9)}"
-        login = f"user evaluator, password {auth.split(':', 1)[1]} (set {AUTH_ENV} to choose)"
-    url = cluster.start_dashboard(port or free_port(), auth)
-    print(f"dashboard: {url} (Flower, while this job runs; {login})", file=sys.stderr, flush=True)
+def embedded_devices(spec: str | None) -> list[str]:
+    """The embedded cluster's devices: `--devices`, else every one discovered on this host."""
+    try:
+        devices = [d.strip() for d in spec.split(",") if d.strip()] if spec else discover()
+        for d in devices:
+            parse_device(d)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("(--device)", "(--devices)")) from exc
+    if len(set(devices)) != len(devices):
+        raise UsageError(f"a device is listed twice: {spec} (--devices)")
+    return devices
 
 
 def export_bins(images: list[dict], params: JobParams, out_dir: str) -> None:
@@ -117,79 +120,25 @@ def export_bins(images: list[dict], params: JobParams, out_dir: str) -> None:
 
 
 def run(args) -> int:
-    batches = parse_batches(args.batch)
-    if args.dashboard and args.broker:
-        raise UsageError("a running cluster has its own dashboard: python -m orchestrator dashboard --broker URL "
-                         "(--dashboard)")
-    if len(batches) > 1 and args.no_store:
-        raise UsageError("a batch sweep preprocesses once into the tensor store: drop --no-store (--no-store)")
-    template = args.model
-    if args.model and "{batch}" in args.model:
-        for b in batches:
-            if not Path(model_for(args.model, b)).is_file():
-                raise UsageError(f"model file not found for batch {b} ({model_for(args.model, b)})")
-        template, args.model = str(Path(args.model).resolve()), model_for(args.model, batches[0])
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise UsageError(f"checkpoint file not found ({args.checkpoint})")
-    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
-    if args.shard_size < 0:
-        raise UsageError(f"--shard-size must be 0 (automatic) or more, got {args.shard_size} (--shard-size)")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be 0 or more, got {args.warmup} (--warmup)")
-    positive_int("--static-size", args.static_size)
-    if args.write_bins and args.size_mode != "static":
-        raise UsageError("the recipe's .bin files are S x S canvases: --write-bins needs --size-mode static "
-                         "(--write-bins)")
-    run_root = Path(args.run_dir).resolve()
-    inputs = resolve(args.annotations, args.images, args.backend, args.model, run_root / "sample")
-    try:
-        images = read_images(inputs.annotation)
-    except AnnotationError as exc:
-        raise UsageError(str(exc)) from exc
-    job_id = new_job_id()
-    run_dir = run_root / job_id
-    store = "" if args.no_store else str(Path(args.store or run_root / "store").resolve())
-    params = JobParams(job_id=job_id, annotation=inputs.annotation, image_dir=inputs.image_dir,
-                       backend=inputs.backend, model=inputs.model, precision=args.precision, batch=batches[0],
-                       size_mode=args.size_mode, static_size=args.static_size, shard_size=args.shard_size,
-                       warmup_batches=args.warmup, coco_eval=args.coco_eval, store=store, sample=inputs.sample)
-    sweep = [replace(params, job_id=f"{job_id}-b{b}", batch=b, sweep=job_id,
-                     model=model_for(template, b) if template and "{batch}" in template else params.model)
-             for b in batches] if len(batches) > 1 else []
-
-    def evaluate(state: JobState, n_devices: int, check_alive=None) -> int:
-        if sweep:
-            print(f"batch sweep {job_id}: batch sizes {', '.join(map(str, batches))}, one job each", file=sys.stderr)
-            return follow_sweep(state, sweep, images, n_devices, run_root, timings, check_alive, args.timeout,
-                                checkpoint)
-        return follow(state, params, images, n_devices, run_dir, timings, check_alive, args.timeout, checkpoint)
+    batches = check_flags(args)
+    submission = plan(args, batches)
+    devices = None if args.broker else embedded_devices(args.devices)
     if args.write_bins:
-        export_bins(images, params, args.write_bins)
-    if inputs.sample:
-        print(sample_banner(params.to_dict()), file=sys.stderr)
+        export_bins(submission.images, submission.jobs[0], args.write_bins)
+    if submission.sample:
+        print(sample_banner(submission.jobs[0].to_dict()), file=sys.stderr)
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
     if args.broker:
         state = open_state(args.broker)
-        n = live_devices(state)
-        if n == 0:
-            print("warning: no device worker holds a lease on this broker yet; the job waits for one",
-                  file=sys.stderr)
-        return evaluate(state, max(1, n))
+        return submission.run(state, max(1, live_devices(state, warn=True)), Watcher(timings, None, args.timeout))
+    first = submission.jobs[0]
     try:
-        devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else discover()
-        for d in devices:
-            parse_device(d)
-    except ValueError as exc:
-        raise UsageError(str(exc).replace("(--device)", "(--devices)")) from exc
-    if len(set(devices)) != len(devices):
-        raise UsageError(f"a device is listed twice: {args.devices} (--devices)")
-    try:
-        with LocalCluster(run_dir, devices, inputs.backend, inputs.model, args.precision,
+        with LocalCluster(submission.folder, devices, first.backend, first.model, args.precision,
                           lease_ttl_s=args.lease_ttl) as cluster:
             if args.dashboard:
                 start_dashboard(cluster, args.dashboard_port)
-            state = open_state(cluster.url)
-            return evaluate(state, len(devices), cluster.check_alive)
+            return submission.run(open_state(cluster.url), len(devices),
+                                  Watcher(timings, cluster.check_alive, args.timeout))
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

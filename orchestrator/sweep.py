@@ -1,16 +1,15 @@
-"""Batch sweeps: one job per batch size over the same preprocessed tensors, and the recipe's table."""
+"""Batch sweeps: one job per batch size, one after the other, over the same preprocessed tensors."""
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
-from orchestrator.cli import UsageError, positive_int
-from orchestrator.plots import fps_vs_batch
-from orchestrator.report_data import sweep_rows
-from orchestrator.report_md import sweep_table, table
+from commandline import UsageError
+from orchestrator.cli import positive_int
+from orchestrator.jobs import Watcher, run_job
+from orchestrator.reporting.writer import publish_sweep, rewrite_job
+from tasks.params import JobParams
+from tasks.state import JobState
 
 
 def parse_batches(text: str) -> list[int]:
@@ -33,72 +32,37 @@ def model_for(template: str, batch: int) -> str:
     return template.replace("{batch}", str(batch))
 
 
-def sweep_summary(sweep_id: str, reports: list[dict]) -> dict:
-    """sweep.json: the table's rows, where preprocessing ran, and whether AP was the same at every batch size."""
-    pre = [{"job": r["job"], "batch": r["params"]["batch"], **(r.get("preprocessing") or {})} for r in reports]
-    aps = {r["params"]["batch"]: r["ap"]["stats"]["AP"] for r in reports}
-    return {
-        "id": sweep_id,
-        "jobs": [r["job"] for r in reports],
-        "batches": [r["params"]["batch"] for r in reports],
-        "rows": sweep_rows(reports),
-        "preprocessing": pre,
-        # once: only the first job preprocessed anything; every later job read every image from the store
-        "preprocessed_once": all(p.get("preprocessed", 0) == 0 for p in pre[1:]),
-        "ap_by_batch": {str(b): ap for b, ap in aps.items()},
-        "ap_equal": len(set(aps.values())) <= 1,
-        "status": "done" if reports and all(r["status"] == "done" for r in reports) else "failed",
-    }
+def batch_models(model: str | None, batches: list[int]) -> dict[int, str]:
+    """The model file of each batch size, when `--model` names one per batch size (each must exist); else {}."""
+    if not model or "{batch}" not in model:
+        return {}
+    for b in batches:
+        if not Path(model_for(model, b)).is_file():
+            raise UsageError(f"model file not found for batch {b} ({model_for(model, b)})")
+    return {b: str(Path(model_for(model, b)).resolve()) for b in batches}
 
 
-def sweep_markdown(sweep: dict) -> str:
-    lines = [f"# Batch sweep {sweep['id']}", "",
-             f"Batch sizes {', '.join(map(str, sweep['batches']))}, one job each, over the same preprocessed tensors.",
-             ""]
-    lines += sweep_table(sweep["rows"])
-    first = sweep["preprocessing"][0] if sweep["preprocessing"] else {}
-    once = ("preprocessing ran once: only the first job preprocessed images; every later job read them all from "
-            "the tensor store" if sweep["preprocessed_once"] else "preprocessing ran in more than one job")
-    lines += ["## Preprocessing", "", once + f" ({first.get('preprocessed', 0)} images in job {first.get('job', '-')}).",
-              ""]
-    lines += table(["job", "batch", "pool tasks", "preprocessed (pool)", "preprocessed (devices)", "read from store"],
-                   [[p["job"], p["batch"], p.get("pool_tasks", "-"), p.get("pool_preprocessed", "-"),
-                     p.get("device_preprocessed", "-"), p.get("pool_store_hits", 0) + p.get("device_store_hits", 0)]
-                    for p in sweep["preprocessing"]])
-    same = "the same at every batch size" if sweep["ap_equal"] else "NOT the same at every batch size"
-    lines += [f"Box AP is {same}.", "", "![FPS against batch size](plots/fps_vs_batch.png)", "",
-              "Each job's full report: " + ", ".join(f"`../{j}/report.md`" for j in sweep["jobs"]), ""]
-    return "\n".join(lines)
+def sweep_jobs(params: JobParams, batches: list[int], models: dict[int, str]) -> list[JobParams]:
+    """One job per batch size (`JOB-bN`, its own run folder beside the sweep's), each with its batch's model."""
+    run_root = Path(params.run_dir).parent
+    return [replace(params, job_id=f"{params.job_id}-b{b}", batch=b, sweep=params.job_id,
+                    model=models.get(b, params.model), run_dir=str(run_root / f"{params.job_id}-b{b}"))
+            for b in batches]
 
 
-def write_sweep(folder: Path, sweep_id: str, reports: list[dict]) -> dict:
-    """sweep.json, report.md and the FPS-against-batch plot in the sweep's run folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    sweep = sweep_summary(sweep_id, reports)
-    try:
-        fps_vs_batch(folder / "plots" / "fps_vs_batch.png", sweep["rows"])
-        sweep["plots"] = {"fps_vs_batch": "plots/fps_vs_batch.png"}
-    except ImportError:
-        sweep["plots"] = {}
-    (folder / "sweep.json").write_text(json.dumps(sweep, indent=1))
-    (folder / "report.md").write_text(sweep_markdown(sweep))
-    return sweep
-
-
-def render_sweep(sweep: dict, console: Console) -> None:
-    """The recipe's table on stdout."""
-    t = Table(title=f"batch sweep {sweep['id']}", title_justify="left")
-    for col in ("batch", "device", "box AP", "device FPS", "end-to-end FPS", "p50 ms", "p99 ms", "preprocessed",
-                "valid"):
-        t.add_column(col, justify="left" if col == "device" else "right")
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    for r in sweep["rows"]:
-        t.add_row(str(r["batch"]), r["device"], fmt(r["ap"], ".3f"), fmt(r["device_fps"], ".2f"),
-                  fmt(r["e2e_fps"], ".2f"), fmt(r["p50_ms"], ".1f"), fmt(r["p99_ms"], ".1f"),
-                  fmt(r["preprocessed"], "d"), "yes" if r["valid"] else "no")
-    console.print(t)
-    console.print("preprocessing ran once (the later jobs read every image from the tensor store)"
-                  if sweep["preprocessed_once"] else "preprocessing ran in more than one job of the sweep")
-    console.print(f"box AP {'equal' if sweep['ap_equal'] else 'DIFFERENT'} at every batch size: "
-                  + ", ".join(f"batch {b} {ap:.3f}" for b, ap in sweep["ap_by_batch"].items()))
+def follow_sweep(state: JobState, jobs: list[JobParams], images: list[dict], n_devices: int, watcher: Watcher,
+                 checkpoint: str | None = None) -> int:
+    """The jobs one after the other; only the first enqueues preprocessing (the store is warm after it). Then
+    every job's report gets the whole sweep, and the sweep's own folder its table and plot."""
+    code = 0
+    for i, params in enumerate(jobs):
+        code = max(code, run_job(state, params, images, n_devices, watcher, checkpoint, preprocess_first=i == 0))
+        if state.report(params.job_id) is None:
+            break  # failed or cancelled: the rest would fail the same way
+    reports = [rewrite_job(state, p.job_id, p.run_dir, with_results=False) for p in jobs
+               if state.report(p.job_id) is not None]
+    if reports:
+        sweep_id = jobs[0].sweep
+        sweep = publish_sweep(Path(jobs[0].run_dir).parent / sweep_id, sweep_id, reports)
+        code = max(code, 0 if sweep["status"] == "done" and len(reports) == len(jobs) else 1)
+    return code

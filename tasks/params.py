@@ -23,6 +23,7 @@ class JobParams:
     store: str = ""  # tensor store folder; "" = no store (every shard preprocesses itself)
     sample: bool = False  # the built-in sample ran: AP means nothing
     sweep: str = ""  # id of the batch sweep this job belongs to ("" = a single job)
+    run_dir: str = ""  # the run folder its submit writes (and `resume` writes again)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-from tasks.coco_eval import evaluate
+from evaluation.coco_eval import evaluate
 from tasks.metrics import job_metrics
 from tasks.params import JobParams
 from tasks.shards import read_annotation

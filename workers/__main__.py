@@ -12,6 +12,7 @@ from typing import Callable
 
 from celery import signals
 
+from commandline import usage_error
 from tasks import context
 from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, apply
 from tasks.context import WorkerContext
@@ -80,8 +81,7 @@ def run_device_worker(args, settings: Settings) -> int:
             try:
                 runner.backend_for(args.backend, args.model or "", args.precision)
             except Exception as exc:
-                print(f"error: backend {args.backend} cannot run on {args.device}: {exc} (--backend)", file=sys.stderr)
-                return 2
+                return usage_error(f"backend {args.backend} cannot run on {args.device}: {exc} (--backend)")
         install_context(lambda: WorkerContext(settings, state, runner))
         name = f"{args.device}-{os.getpid()}@{socket.gethostname()}"
         # threads, one: Celery's consumer loop keeps sending heartbeats while a shard runs (the solo pool runs the
@@ -143,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.lease_ttl <= 0:
             raise ValueError("the lease TTL must be positive (--lease-ttl)")
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
     timings = TIMINGS if args.lease_ttl == TIMINGS.lease_ttl_s else ClusterTimings.with_ttl(args.lease_ttl)
     settings = apply(Settings(store_root=os.path.abspath(args.store) if args.store else None,
                               timings=timings).with_broker(args.broker))

@@ -12,7 +12,7 @@ from conversion_helpers import network_inputs, ort_session  # noqa: E402
 
 from conversion.export.exporter import export_onnx  # noqa: E402
 from conversion.export.lowering import lower_ascend_graph  # noqa: E402
-from model.matching import match_detections  # noqa: E402
+from evaluation.matching import match_detections  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SIZE = 1216

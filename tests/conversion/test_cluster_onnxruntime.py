@@ -17,7 +17,7 @@ pytest.importorskip("onnx")
 from real_processes import run_cli  # noqa: E402
 
 from model.config import COCO_CATEGORY_IDS, COCO_CLASSES  # noqa: E402
-from model.matching import match_detections  # noqa: E402
+from evaluation.matching import match_detections  # noqa: E402
 from model.preprocess import load_image, plan_geometry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """ONNX Runtime vs the torch model on the oracle photographs: several sizes, batch 1/4/8, round trips.
 
 A torch detection is matched by an ONNX one of the same class with every corner within 0.05 px and
-the score within 1e-4 (model.matching); every detection must match, none may be left over.
+the score within 1e-4 (evaluation.matching); every detection must match, none may be left over.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from conversion.export.exporter import export_onnx  # noqa: E402
-from model.matching import match_detections  # noqa: E402
+from evaluation.matching import match_detections  # noqa: E402
 from conversion_helpers import network_inputs, ort_session  # noqa: E402
 
 pytestmark = pytest.mark.slow

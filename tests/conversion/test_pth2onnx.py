@@ -16,7 +16,7 @@ from conversion_helpers import network_inputs, ort_session  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
 from conversion.export.lowering import lower_ascend_graph  # noqa: E402
-from model.matching import match_detections  # noqa: E402
+from evaluation.matching import match_detections  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 # Block strides of the 13 DCN layers: the first block of layer2, layer3 and layer4 is strided.

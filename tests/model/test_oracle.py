@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import model_support
-from model.matching import match_detections
+from evaluation.matching import match_detections
 from model_support import CASES, IMAGES, INTERMEDIATE_CASES, MODES, load_reference
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import model_support
 from conversion.__main__ import main
 from model.config import COCO_CATEGORY_IDS
-from model.matching import match_detections
+from evaluation.matching import match_detections
 from model_support import REPO, load_reference, oracle_env, oracle_image
 
 

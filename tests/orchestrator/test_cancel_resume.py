@@ -1,4 +1,5 @@
-"""cancel and resume on a running cluster: nothing runs after cancel; a resumed job reports what an uninterrupted one does."""
+"""cancel and resume on a running cluster: nothing runs after cancel; a resumed job reports what an uninterrupted
+one does."""
 from __future__ import annotations
 
 import json
@@ -103,6 +104,24 @@ def test_killed_orchestrator_with_lost_queue_resumes_to_the_same_report(shared_c
     again = run_cli("resume", job, "--broker", url, "--run-dir", str(tmp_path / "again"))
     assert again.returncode == 0 and "nothing to resume" in again.stderr
     same_numbers(json.loads((tmp_path / "again" / job / "report.json").read_text()), uninterrupted)
+
+
+def test_resume_writes_the_run_folder_where_the_job_was_submitted(shared_cluster, data, uninterrupted, processes,
+                                                                  tmp_path):
+    url = shared_cluster["url"]
+    state = JobState.open(url)
+    elsewhere = tmp_path / "elsewhere"
+    proc, job = start_job(processes, url, data, elsewhere, state)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert state.params(job).run_dir == str(elsewhere / job)
+    cwd = tmp_path / "cwd"  # where a resume without --run-dir used to write: ./runs
+    cwd.mkdir()
+    out = run_cli("resume", job, "--broker", url, "--timeout", "120", cwd=cwd)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"run folder: {elsewhere / job}" in out.stderr
+    same_numbers(json.loads((elsewhere / job / "report.json").read_text()), uninterrupted)
+    assert list(cwd.iterdir()) == []
 
 
 def test_cancel_leaves_nothing_running_and_resume_completes_the_job(shared_cluster, data, uninterrupted,

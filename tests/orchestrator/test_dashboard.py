@@ -98,7 +98,8 @@ def test_embedded_submit_with_dashboard_prints_its_url_and_stops_it(tmp_path, mo
     monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
     ann, img = write_small_set(tmp_path / "set", 4)
     port = free_port()
-    out = run_cli("submit", "--annotations", str(ann), "--images", str(img), "--backend", "groundtruth", "--batch", "2",
+    out = run_cli("submit", "--annotations", str(ann), "--images", str(img), "--backend", "groundtruth",
+                  "--batch", "2",
                   "--devices", "cpu:0", "--static-size", "320", "--dashboard", "--dashboard-port", str(port),
                   "--run-dir", str(tmp_path / "runs"), timeout_s=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -19,7 +19,6 @@ from workers import npu_host
 from workers.backends import BackendUnavailable, create_backend
 from workers.backends.ascend_backend import AscendBackend, output_name, parse_device_id, pick_outputs, to_contract
 from workers.backends.base import InferenceBatch
-from workers.backends.om_file import path_problems
 
 DOUBLES = Path(__file__).resolve().parents[2] / "doubles"
 

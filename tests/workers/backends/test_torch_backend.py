@@ -73,7 +73,7 @@ def test_cuda_matches_cpu(checkpoint):
     gpu.load()
     (d_cpu, l_cpu), (d_gpu, l_gpu) = cpu.infer(batch), gpu.infer(batch)
     assert gpu.describe()["device_name"]
-    from model.matching import match_detections
+    from evaluation.matching import match_detections
     # GPU kernels round differently and random DCN weights amplify round-off: similar, not equal.
     for i in range(2):
         m = match_detections(d_cpu[i], l_cpu[i], d_gpu[i], l_gpu[i], box_tol=0.5, score_tol=1e-2)

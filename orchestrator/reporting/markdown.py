@@ -1,7 +1,7 @@
 """report.md: the job's report for people; every number in its tables is a value of report.json."""
 from __future__ import annotations
 
-from tasks.coco_eval import STAT_NAMES
+from evaluation.coco_eval import STAT_NAMES
 
 
 def _n(value, fmt: str) -> str:
@@ -33,7 +33,8 @@ def _header(report: dict) -> list[str]:
     lines = [f"# Evaluation report: job {report['job']}", ""]
     if p.get("sample"):
         lines += ["> **BUILT-IN SAMPLE**: the generated selftest set ran; this AP means nothing.", ""]
-    lines += [f"- status: **{report['status']}**", f"- backend: {p['backend']}" + (f", model `{p['model']}`" if p.get("model") else ""),
+    model = f", model `{p['model']}`" if p.get("model") else ""
+    lines += [f"- status: **{report['status']}**", f"- backend: {p['backend']}{model}",
               f"- batch size {p['batch']}, size mode {size}, {p['warmup_batches']} warm-up batches per worker",
               f"- images: {report['coverage']['expected']}, devices: {len(report['metrics']['devices'])}"]
     if p.get("sweep"):
@@ -57,7 +58,8 @@ def _throughput(report: dict) -> list[str]:
     lines = [f"## Throughput (device call only, after {p['warmup_batches']} warm-up batches per worker)", ""]
     lines += table(["device", "images", "batches", "shards", "device FPS", "p50 ms", "p90 ms", "p99 ms", "valid"],
                    [[r["device"], r["images"], r["batches"], r["shards"],
-                     _n(r["device_fps"], ".2f") if r["device_fps"] is not None else f"({_n(r['fps_with_warmup'], '.2f')})",
+                     _n(r["device_fps"], ".2f") if r["device_fps"] is not None
+                     else f"({_n(r['fps_with_warmup'], '.2f')})",
                      _n(r["p50_ms"], ".1f"), _n(r["p90_ms"], ".1f"), _n(r["p99_ms"], ".1f"), _yes(r["valid"])]
                     for r in report["fps_table"]])
     lines += [f"End-to-end FPS {_n(m['e2e_fps'], '.2f')}: {m['images']} images in {m['wall_s']:.1f} s from submit to "
@@ -126,4 +128,25 @@ def markdown(report: dict) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{name.replace('_', ' ')}]({path})" for name, path in plots.items()] + [""]
     lines += _manifest(report)
+    return "\n".join(lines)
+
+
+def sweep_markdown(sweep: dict) -> str:
+    """The batch sweep's report.md."""
+    lines = [f"# Batch sweep {sweep['id']}", "",
+             f"Batch sizes {', '.join(map(str, sweep['batches']))}, one job each, over the same preprocessed tensors.",
+             ""]
+    lines += sweep_table(sweep["rows"])
+    first = sweep["preprocessing"][0] if sweep["preprocessing"] else {}
+    once = ("preprocessing ran once: only the first job preprocessed images; every later job read them all from "
+            "the tensor store" if sweep["preprocessed_once"] else "preprocessing ran in more than one job")
+    lines += ["## Preprocessing", "",
+              once + f" ({first.get('preprocessed', 0)} images in job {first.get('job', '-')}).", ""]
+    lines += table(["job", "batch", "pool tasks", "preprocessed (pool)", "preprocessed (devices)", "read from store"],
+                   [[p["job"], p["batch"], p.get("pool_tasks", "-"), p.get("pool_preprocessed", "-"),
+                     p.get("device_preprocessed", "-"), p.get("pool_store_hits", 0) + p.get("device_store_hits", 0)]
+                    for p in sweep["preprocessing"]])
+    same = "the same at every batch size" if sweep["ap_equal"] else "NOT the same at every batch size"
+    lines += [f"Box AP is {same}.", "", "![FPS against batch size](plots/fps_vs_batch.png)", "",
+              "Each job's full report: " + ", ".join(f"`../{j}/report.md`" for j in sweep["jobs"]), ""]
     return "\n".join(lines)

@@ -1,11 +1,13 @@
 """Every number report.md and the plots show, put into report.json first (the markdown only formats them).
 
 `collect` reads what only the broker knows (preprocessing counts, sibling jobs of a sweep);
-`derive` is pure, so `report JOB` can rebuild report.md and the plots from the run folder alone.
+`derive` and `sweep_summary` are pure, so `report JOB` can rebuild report.md and the plots from the run
+folder alone.
 """
 from __future__ import annotations
 
 from tasks.metrics import MIN_BATCHES, MIN_DEVICE_S, MIN_IMAGES, VALIDITY_RULE
+from tasks.reduce import union_results
 from tasks.state import JobState
 
 OVERALL_RULE = ("the job is valid when every image id was counted exactly once and every device's FPS is valid; "
@@ -66,7 +68,6 @@ def sweep_rows(reports: list[dict]) -> list[dict]:
 def collect(state: JobState, job_id: str, with_results: bool = True) -> tuple[dict, list[dict], list[dict] | None]:
     """(report with broker-only facts added, batch records, COCO results or None without `with_results`)
     of a finished job."""
-    from tasks.reduce import union_results
     report = state.report(job_id)
     summary = state.summary(job_id)
     report["preprocessing"] = preprocessing(summary)
@@ -83,7 +84,8 @@ def validity(report: dict) -> dict:
     for name, d in report["metrics"]["devices"].items():
         checks = [(d["measured_batches"] >= MIN_BATCHES,
                    f"{d['measured_batches']} batches after warm-up, needs {MIN_BATCHES}"),
-                  (d["measured_images"] >= MIN_IMAGES, f"{d['measured_images']} images after warm-up, needs {MIN_IMAGES}"),
+                  (d["measured_images"] >= MIN_IMAGES,
+                   f"{d['measured_images']} images after warm-up, needs {MIN_IMAGES}"),
                   (d["device_s"] >= MIN_DEVICE_S,
                    f"{d['device_s']:.1f} s of device calls after warm-up, needs {MIN_DEVICE_S:g}")]
         devices[name] = {"valid": all(ok for ok, _ in checks), "short": [why for ok, why in checks if not ok]}
@@ -136,3 +138,21 @@ def derive(report: dict) -> dict:
     report["attestation"] = attestation(report)
     report.setdefault("manifest", {})["hosts"] = hosts(report)
     return report
+
+
+def sweep_summary(sweep_id: str, reports: list[dict]) -> dict:
+    """sweep.json: the table's rows, where preprocessing ran, and whether AP was the same at every batch size."""
+    pre = [{"job": r["job"], "batch": r["params"]["batch"], **(r.get("preprocessing") or {})} for r in reports]
+    aps = {r["params"]["batch"]: r["ap"]["stats"]["AP"] for r in reports}
+    return {
+        "id": sweep_id,
+        "jobs": [r["job"] for r in reports],
+        "batches": [r["params"]["batch"] for r in reports],
+        "rows": sweep_rows(reports),
+        "preprocessing": pre,
+        # once: only the first job preprocessed anything; every later job read every image from the store
+        "preprocessed_once": all(p.get("preprocessed", 0) == 0 for p in pre[1:]),
+        "ap_by_batch": {str(b): ap for b, ap in aps.items()},
+        "ap_equal": len(set(aps.values())) <= 1,
+        "status": "done" if reports and all(r["status"] == "done" for r in reports) else "failed",
+    }

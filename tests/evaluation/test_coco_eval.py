@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tasks.coco_eval import STAT_NAMES, evaluate
+from evaluation.coco_eval import STAT_NAMES, evaluate
 
 
 def gt_results(ann):
@@ -82,7 +82,7 @@ def test_the_precision_arrays_are_equal_after_the_first_point_fix(generated):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from tasks.coco_eval import faster_curves
+    from evaluation.coco_eval import faster_curves
 
     path, _, _, results = generated
     _, raw, fixed, recall = faster_curves(str(path), results)

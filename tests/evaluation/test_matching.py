@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.matching import match_detections
+from evaluation.matching import match_detections
 
 REF = np.array([[10, 10, 50, 50, 0.9], [100, 100, 150, 160, 0.5], [0, 0, 5, 5, 0.2]], dtype=np.float32)
 LABELS = np.array([1, 2, 1])

@@ -1,14 +1,23 @@
-"""The report's PNG plots (matplotlib's Figure API on the Agg canvas: no display, no pyplot state)."""
+"""The report's PNG plots (matplotlib's Figure API on the Agg canvas: no display, no pyplot state).
+
+matplotlib comes with the `report` extra: it is imported when the first figure is drawn, and an
+install without it writes the reports without plots.
+"""
 from __future__ import annotations
 
+import importlib.util
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from orchestrator.reporting.data import sweep_rows
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
 
 def _figure(width: float = 8.0, height: float = 4.5):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazily: the `report` extra, and half a second of import
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     return fig, fig.add_subplot()
 
@@ -93,13 +102,11 @@ def latency_histogram(path: Path, batches: list[dict], warmup: int) -> str:
 
 def write_plots(folder: Path, report: dict, batches: list[dict] | None) -> dict[str, str]:
     """The job's plots under `folder`; returns name -> path relative to the run folder ({} without matplotlib)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if not HAVE_MATPLOTLIB:
         return {}
     folder = Path(folder)
     warmup = int(report["params"].get("warmup_batches", 0))
-    rows = (report.get("sweep") or {}).get("rows") or report_rows(report)
+    rows = (report.get("sweep") or {}).get("rows") or sweep_rows([report])
     out = {"fps_vs_batch": fps_vs_batch(folder / "fps_vs_batch.png", rows)}
     if batches:
         out["timeline"] = timeline(folder / "timeline.png", batches, report["timestamps"]["submit"], warmup)
@@ -107,6 +114,9 @@ def write_plots(folder: Path, report: dict, batches: list[dict] | None) -> dict[
     return {name: str(Path(p).relative_to(folder.parent)) for name, p in out.items()}
 
 
-def report_rows(report: dict) -> list[dict]:
-    from orchestrator.report_data import sweep_rows
-    return sweep_rows([report])
+def write_sweep_plots(folder: Path, rows: list[dict]) -> dict[str, str]:
+    """The sweep's FPS-against-batch plot under `folder`; name -> path relative to the sweep's run folder."""
+    if not HAVE_MATPLOTLIB:
+        return {}
+    path = fps_vs_batch(Path(folder) / "fps_vs_batch.png", rows)
+    return {"fps_vs_batch": str(Path(path).relative_to(Path(folder).parent))}

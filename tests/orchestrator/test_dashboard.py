@@ -83,8 +83,11 @@ def test_flower_api_sees_the_workers_and_a_finished_jobs_tasks(shared_cluster, p
     assert {t["name"] for t in tasks} == {"evaluator.preprocess", "evaluator.infer", "evaluator.reduce"}
     infer = [t for t in tasks if t["name"] == "evaluator.infer"]
     assert sorted(int(re.search(r"'shard': (\d+)", t["kwargs"]).group(1)) for t in infer) == [0, 1, 2, 3]
-    assert all("'batch': 2" in t["kwargs"] and "'device':" in t["kwargs"] for t in infer)
-    assert all(re.match(r"cpu:[01]-\d+@", t["worker"]) and "cpu:" in t["result"] for t in infer)
+    # the routing ("device: any") is no longer shown: the result names the host/device that ran it, with images/s
+    assert all("'batch': 2" in t["kwargs"] and "'device':" not in t["kwargs"] for t in infer)
+    assert all(re.match(r"cpu:[01]-\d+@", t["worker"]) for t in infer)
+    assert all(re.search(r"'device': '[^/']+/cpu:[01]'", t["result"]) and "'images_per_s':" in t["result"]
+               for t in infer)
 
     status, workers = get(base + "/api/workers?refresh=1")
     assert status == 200

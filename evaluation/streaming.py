@@ -148,7 +148,7 @@ class StreamingCocoEval:
     def finish(self) -> dict:
         """{"stats", "per_class", ...} as `tasks.coco_eval.evaluate` gives them on the union of what was added."""
         t0 = time.perf_counter()
-        precision, recall = self.curves()
+        precision, recall = self.curves(every_max_dets=False)
         stats = summarize(precision, recall)
         per_class = {}
         for k, cat_id in enumerate(self.cat_ids):
@@ -166,55 +166,61 @@ class StreamingCocoEval:
             "refused": sorted(set(self.refused)),
         }
 
-    def curves(self) -> tuple[np.ndarray, np.ndarray]:
-        """pycocotools' precision [T, R, K, A, M] and recall [T, K, A, M] arrays."""
+    def curves(self, every_max_dets: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """pycocotools' precision [T, R, K, A, M] and recall [T, K, A, M] arrays.
+
+        With `every_max_dets` False, the precision of the smaller maxDets (which neither the 12 numbers nor the
+        per-class AP read) is left at -1 where it differs from the largest one's; their recall is computed.
+        """
         p = self.params
         rec_thrs, max_dets = np.asarray(p.recThrs), list(p.maxDets)
         T, R, K, A, M = len(p.iouThrs), len(rec_thrs), len(self.cat_ids), len(p.areaRng), len(max_dets)
         precision = -np.ones((T, R, K, A, M))
         recall = -np.ones((T, K, A, M))
         m, u = _join(self._matched, (2, A * T)), _join(self._unmatched, (A,))
-        keys = {f: np.concatenate([getattr(m, f), getattr(u, f)]) for f in _KEYS}
-        order = np.lexsort((keys["rank_in_image"], keys["image_rank"], -keys["score"], keys["category"]))
-        n_matched = len(m.score)
-        matched_row = np.where(order < n_matched, order, -1)  # a row of `m`, or -1
-        inside = np.zeros((len(order), A), bool)  # unmatched rows counted in each area range
-        inside[order >= n_matched] = u.flags[order[order >= n_matched] - n_matched]
-        rank_in_image = keys["rank_in_image"][order]
-        bounds = np.searchsorted(keys["category"][order], np.arange(K + 1))
+        score, image_rank, rank_in_image, category = (np.concatenate([getattr(m, f), getattr(u, f)]) for f in _KEYS)
+        # pycocotools' order in a class: score descending, ties in image order, then in the image's own order
+        by_tie = np.argsort(image_rank * max_dets[-1] + rank_in_image, kind="stable")
+        grouped = by_tie[np.argsort(category[by_tie].astype(np.min_scalar_type(K)), kind="stable")]
+        bounds = np.searchsorted(category[grouped], np.arange(K + 1))
         for k in np.flatnonzero((self.npig > 0).any(axis=1)):
-            rows = np.arange(bounds[k], bounds[k + 1])
-            n_kept = -1
-            for mi, max_det in enumerate(max_dets):
-                kept = rows[rank_in_image[rows] < max_det]
-                if len(kept) == n_kept:  # the same detections as for the maxDets before
-                    precision[:, :, k, :, mi] = precision[:, :, k, :, mi - 1]
-                    recall[:, k, :, mi] = recall[:, k, :, mi - 1]
+            rows = grouped[bounds[k]:bounds[k + 1]]
+            rows = rows[np.argsort(-score[rows], kind="stable")]
+            matched = rows < len(m.score)
+            flags = m.flags[rows[matched]]  # [rows that can match, 2, A*T]
+            inside = np.zeros((len(rows), A), bool)  # the others: counted in each area range
+            inside[~matched] = u.flags[rows[~matched] - len(m.score)]
+            npig = np.repeat(self.npig[k], T)
+            for mi in range(M - 1, -1, -1):  # maxDets[-1] first: every detection kept
+                kept = rank_in_image[rows] < max_dets[mi]
+                if mi < M - 1 and kept.all():  # the same detections as for maxDets[-1]
+                    precision[:, :, k, :, mi], recall[:, k, :, mi] = precision[:, :, k, :, -1], recall[:, k, :, -1]
                     continue
-                n_kept = len(kept)
-                pr, rc = _curves(m.flags, matched_row[kept], inside[kept], np.repeat(self.npig[k], T), rec_thrs)
-                precision[:, :, k, :, mi] = pr.reshape(A, T, R).transpose(1, 2, 0)
+                tp, counted = flags[kept[matched]].transpose(1, 0, 2)
+                if mi == M - 1 or every_max_dets:
+                    others_before = np.cumsum(inside & kept[:, None], axis=0)[matched & kept]
+                    pr, rc = _curves(tp, counted, others_before, npig, rec_thrs)
+                    precision[:, :, k, :, mi] = pr.reshape(A, T, R).transpose(1, 2, 0)
+                else:
+                    rc = np.where(npig > 0, tp.sum(axis=0).astype(float) / np.maximum(npig, 1), -1.0)
                 recall[:, k, :, mi] = rc.reshape(A, T).T
         return precision, recall
 
 
-def _curves(flags: np.ndarray, matched_row: np.ndarray, inside: np.ndarray, npig: np.ndarray,
+def _curves(tp: np.ndarray, counted: np.ndarray, others_before: np.ndarray, npig: np.ndarray,
             rec_thrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Precision [C, R] and recall [C] of one class's C = A*T curves: pycocotools' arithmetic, -1 without ground truth.
 
-    The class's detections in order: `matched_row` [n] their row of `flags` [., 2, C] (-1: no ground truth in
-    their image), `inside` [n, A] whether such a one counts in each area range.
+    `tp` and `counted` [Mk, C]: the flags of the class's detections that can match, in order; `others_before`
+    [Mk, A]: how many of its other detections up to each of them count in each area range.
     """
-    C, A = len(npig), inside.shape[1]
+    C, A = len(npig), others_before.shape[1]
     precision, recall = -np.ones((C, len(rec_thrs))), -np.ones(C)
     live = np.flatnonzero(npig > 0)
-    can_match = matched_row >= 0
-    rows = flags[matched_row[can_match]][:, :, live]  # [Mk, 2, C']
-    others_before = np.cumsum(inside, axis=0)[can_match]  # counted unmatched detections up to each row
-    tp_sum = np.cumsum(rows[:, 0], axis=0).astype(dtype=float)
-    counted_sum = (np.cumsum(rows[:, 1], axis=0) + np.repeat(others_before, C // A, axis=1)[:, live]).astype(float)
+    tp_sum = np.cumsum(tp[:, live], axis=0).astype(dtype=float)
+    counted_sum = np.cumsum(counted[:, live], axis=0) + np.repeat(others_before, C // A, axis=1)[:, live]
     rc = tp_sum / npig[live]
-    pr = tp_sum / (counted_sum + np.spacing(1))  # fp + tp + spacing(1): fp + tp is exact in float64
+    pr = tp_sum / (counted_sum.astype(float) + np.spacing(1))  # fp + tp + spacing(1): fp + tp is exact in float64
     recall[live] = rc[-1] if len(rc) else 0.0
     pr = np.maximum.accumulate(pr[::-1], axis=0)[::-1]  # precision made non-increasing
     inds = np.array([np.searchsorted(col, rec_thrs, side="left") for col in rc.T]).reshape(len(live), -1)

@@ -72,6 +72,16 @@ def detections_as_results(dets: np.ndarray) -> list[dict]:
             for r in dets.tolist()]
 
 
+def cut_into_shards(annotations: dict, results: list[dict], size: int) -> list[tuple[list[int], list[dict]]]:
+    """(image ids, their results) per shard of `size` images in file order, as shard results arrive."""
+    by_image: dict[int, list] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    ids = [im["id"] for im in annotations["images"]]
+    return [(ids[i:i + size], [r for j in ids[i:i + size] for r in by_image.get(j, [])])
+            for i in range(0, len(ids), size)]
+
+
 def write_set(folder: str | Path, n_images: int, seed: int = 0, images: bool = False) -> tuple[Path, Path]:
     """instances.json (and, with `images`, one photo-sized JPEG per image) in `folder`: (annotation, image dir)."""
     folder = Path(folder)

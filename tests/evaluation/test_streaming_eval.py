@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from evaluation.streaming import StreamingCocoEval
-from orchestrator.generated_set import detections_as_results, make_annotations, make_detections
+from orchestrator.generated_set import cut_into_shards, detections_as_results, make_annotations, make_detections
 from tasks.coco_eval import evaluate
 
 SHARD = 16
@@ -29,13 +29,7 @@ def reference_arrays(path, results):
 
 
 def shards_of(data, results, size=SHARD):
-    """(image ids, their results) per shard, the images in file order as the orchestrator cuts them."""
-    by_image: dict[int, list] = {}
-    for r in results:
-        by_image.setdefault(r["image_id"], []).append(r)
-    ids = [im["id"] for im in data["images"]]
-    return [(ids[i:i + size], [r for j in ids[i:i + size] for r in by_image.get(j, [])])
-            for i in range(0, len(ids), size)]
+    return cut_into_shards(data, results, size)
 
 
 def streamed(path, shards, seed=0):

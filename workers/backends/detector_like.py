@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from model.config import COCO_CATEGORY_IDS
-from model.postprocess import to_network_frame
-from workers.backends.base import MAX_DETS, Backend, InferenceBatch, empty_outputs
+from workers.backends.base import MAX_DETS
+from workers.backends.groundtruth import AnnotationAnswers
 
 DETECTIONS_PER_IMAGE = 83  # 414k detections for 5000 images, as measured on the real model's results
 NOTHING_FOUND_FRACTION = 0.02
@@ -87,31 +87,18 @@ def load_images(annotation_path: str | Path) -> dict[int, tuple[int, int, list[d
     return out
 
 
-class DetectorLikeBackend(Backend):
+class DetectorLikeBackend(AnnotationAnswers):
     """Detections made by `image_detections` for each image, sorted by score as a model outputs them."""
 
     name = "detector-like"
-    needs_pixels = False
 
-    def __init__(self):
-        self._images: dict[str, dict] = {}
+    def read(self, annotation_path: str) -> dict:
+        return load_images(annotation_path)
 
-    def images(self, annotation_path: str) -> dict:
-        if annotation_path not in self._images:
-            self._images = {annotation_path: load_images(annotation_path)}  # keep one file's worth
-        return self._images[annotation_path]
-
-    def infer(self, batch: InferenceBatch) -> tuple[np.ndarray, np.ndarray]:
-        dets, labels = empty_outputs(len(batch.clip_hw))
-        table = self.images(batch.job["annotation"])
-        for row, (meta, image_id) in enumerate(zip(batch.metas, batch.image_ids)):
-            if image_id not in table:
-                continue
-            width, height, anns = table[image_id]
-            boxes, scores, cats = image_detections(seeded_rng(image_id), width, height, anns)
-            order = np.argsort(-scores, kind="stable")
-            n = len(order)
-            dets[row, :n, :4] = to_network_frame(boxes[order], meta)
-            dets[row, :n, 4] = scores[order]
-            labels[row, :n] = [_LABEL_OF[int(c)] for c in cats[order]]
-        return dets, labels
+    def answer(self, table: dict, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if image_id not in table:
+            return np.zeros((0, 4)), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        width, height, anns = table[image_id]
+        boxes, scores, cats = image_detections(seeded_rng(image_id), width, height, anns)
+        order = np.argsort(-scores, kind="stable")
+        return boxes[order], scores[order], np.array([_LABEL_OF[int(c)] for c in cats[order]], dtype=np.int64)

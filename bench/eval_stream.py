@@ -32,9 +32,10 @@ DEVICE_BATCH_S, DEVICE_BATCH, DEVICES = 0.95, 8, 32  # a 310P: batch 8 in 0.95 s
 
 
 def timed(fn, *args):
-    t0 = time.perf_counter()
+    """(result, wall seconds, CPU seconds of this process): the CPU figure holds on a machine others load."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args)
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def cpp_accumulate(data: dict, shards: list) -> float:
@@ -58,9 +59,10 @@ def cpp_accumulate(data: dict, shards: list) -> float:
     params = COCOeval_faster(gt, None, "bbox", print_function=quiet).params
     every = np.stack([per_image[i] for i in sorted(per_image)], axis=2)  # [K, A, I], as EvaluateImages lays it out
     listed = every.ravel().tolist()
-    _, seconds = timed(_C.COCOevalAccumulate, params, listed)
-    print(f"faster-coco-eval COCOevalAccumulate on {len(listed)} ImageEvaluation objects: {seconds:.2f} s")
-    return seconds
+    _, wall, cpu = timed(_C.COCOevalAccumulate, params, listed)
+    print(f"faster-coco-eval COCOevalAccumulate on {len(listed)} ImageEvaluation objects: {wall:.2f} s "
+          f"(CPU {cpu:.2f} s)")
+    return wall
 
 
 def main() -> int:
@@ -80,29 +82,29 @@ def main() -> int:
     print(f"{args.images} images, {len(data['annotations'])} boxes, {len(results)} detections, {len(shards)} shards "
           f"of {args.shard} (generated in {time.time() - t0:.0f} s)", flush=True)
 
-    ev, init_s = timed(StreamingCocoEval, data)
-    adds = [timed(ev.add, ids, res)[1] for ids, res in shards]
-    t = time.perf_counter()
-    curves = ev.curves()
-    curves_s = time.perf_counter() - t
-    streamed, finish_s = timed(ev.finish)
+    ev, init_s, _ = timed(StreamingCocoEval, data)
+    adds = np.array([timed(ev.add, ids, res)[1:] for ids, res in shards])  # [shards, (wall, CPU)]
+    _, curves_s, curves_cpu = timed(ev.curves, False)
+    streamed, finish_s, finish_cpu = timed(ev.finish)
     payloads = {i: {"image_ids": ids, "unreadable": {}, "results": res} for i, (ids, res) in enumerate(shards)}
-    coverage, coverage_s = timed(check_coverage, [im["id"] for im in data["images"]], payloads, payloads)
+    coverage, coverage_s, coverage_cpu = timed(check_coverage, [im["id"] for im in data["images"]], payloads, payloads)
+    after = adds[-1] + (finish_s, finish_cpu) + (coverage_s, coverage_cpu)
     interval = args.shard / (DEVICES * DEVICE_BATCH / DEVICE_BATCH_S)
-    print(f"\nstreaming: init {init_s:.2f} s (before the first shard)")
-    print(f"  add per shard: mean {1000 * np.mean(adds):.1f} ms, p90 {1000 * np.percentile(adds, 90):.1f} ms, "
-          f"max {1000 * max(adds):.1f} ms, sum {sum(adds):.2f} s; {DEVICES} sim 310P cards deliver a shard every "
+    print(f"\nstreaming (seconds wall / CPU): init {init_s:.2f} (before the first shard)")
+    print(f"  add per shard: mean {1000 * adds[:, 0].mean():.1f} / {1000 * adds[:, 1].mean():.1f} ms, p90 "
+          f"{1000 * np.percentile(adds[:, 0], 90):.1f} ms, max {1000 * adds[:, 0].max():.1f} ms, sum "
+          f"{adds[:, 0].sum():.2f} / {adds[:, 1].sum():.2f} s; {DEVICES} sim 310P cards deliver a shard every "
           f"{1000 * interval:.0f} ms")
-    print(f"  after the last shard: its add {adds[-1]:.3f} s + finish() {finish_s:.3f} s (curves alone "
-          f"{curves_s:.3f} s) + coverage check {coverage_s:.3f} s = {adds[-1] + finish_s + coverage_s:.3f} s")
-    print(f"  one go through the same path (every add, then finish): {sum(adds) + finish_s:.2f} s; "
-          f"coverage ok: {coverage['ok']}")
-    del curves
+    print(f"  after the last shard: its add {adds[-1, 0]:.3f} / {adds[-1, 1]:.3f} + finish() {finish_s:.3f} / "
+          f"{finish_cpu:.3f} (its curves {curves_s:.3f} / {curves_cpu:.3f}) + coverage check {coverage_s:.3f} / "
+          f"{coverage_cpu:.3f} = {after[0]:.3f} / {after[1]:.3f}")
+    print(f"  one go through the same path (every add, then finish): {adds[:, 0].sum() + finish_s:.2f} / "
+          f"{adds[:, 1].sum() + finish_cpu:.2f}; coverage ok: {coverage['ok']}")
     rows = [("streaming", streamed["stats"])]
     for evaluator in ("faster-coco-eval",) + (() if args.no_pycocotools else ("pycocotools",)):
-        out, seconds = timed(evaluate, data, results, evaluator)
-        print(f"one go, {evaluator}: {seconds:.2f} s ({seconds / (adds[-1] + finish_s):.0f}x the streamed work "
-              f"after the last shard)", flush=True)
+        out, wall, cpu = timed(evaluate, data, results, evaluator)
+        print(f"one go, {evaluator}: {wall:.2f} / {cpu:.2f} ({wall / after[0]:.0f}x / {cpu / after[1]:.0f}x the "
+              f"streamed work after the last shard)", flush=True)
         rows.append((evaluator, out["stats"]))
     if args.cpp_accumulate:
         cpp_accumulate(data, shards)

@@ -1,22 +1,24 @@
 """COCOeval bbox fed shard by shard: the per-image matching runs as each shard lands, `finish` only accumulates.
 
 `add` runs faster-coco-eval's C++ per-image evaluation (`COCOevalEvaluateImages`, through
-`COCOeval_faster` with `separate_eval`) on the shard's (image, class) pairs that have ground truth,
-and keeps per detection its score, image, rank in its (image, class) and true-positive / counted
-flags per area range and IoU threshold. A detection of a class its image has no ground truth of
-matches nothing: COCOeval counts it as a false positive inside the area range and ignores it
-outside, which `add` writes down without the C++ (about 88% of a detector's output).
+`COCOeval_faster` with `separate_eval`; its results read back with `ImageEvaluation.__getstate__`)
+on the shard's (image, class) pairs that have ground truth, and keeps per detection its score,
+image, rank in its (image, class) and true-positive / counted flags per area range and IoU
+threshold. A detection of a class its image has no ground truth of matches nothing: COCOeval
+counts it as a false positive inside the area range and ignores it outside, which `add` writes
+down without the C++ (about 80% of the detector-like answers).
 
 `finish` is pycocotools' `accumulate` on those arrays, vectorised: detections in pycocotools' order
 (score descending, ties in image-id order, then in the image's own order: its mergesort of the
 image-ordered concatenation), the same integer counts and float operations, so the precision and
-recall arrays equal pycocotools' bit for bit and need none of the C++ first-point fix. Its curve
-is read only where recall rises (a true positive), and its running maximum only at true positives
-can change, so it works on the rows that can match (with the counts of the others before them).
+recall arrays equal pycocotools' bit for bit and need none of the C++ first-point fix. A curve is
+sampled where recall first reaches a threshold, which is a true positive (or the first row), and
+the running maximum of precision from there on is reached at a true positive, so `finish` computes
+the curve on the rows that can match only, with the count of the other counted rows before each.
 It does not call faster-coco-eval's `COCOevalAccumulate`: that one takes one list of classes x area
-ranges x images `ImageEvaluation` objects (1.6M on val2017) and needed 3.5 s for 409k detections,
-most of it in the accumulation itself (bench/eval_stream.py). Images that never come count as
-images without detections, as in one go on the union of the results.
+ranges x images `ImageEvaluation` objects (1.6M on val2017) and needed 3.5-4.6 s for 409k detections
+on this machine (bench/eval_stream.py --cpp-accumulate). Images that never come count as images
+without detections, as in one go on the union of the results.
 """
 from __future__ import annotations
 

@@ -8,11 +8,10 @@ import pytest
 
 from orchestrator.generated_set import write_set
 from orchestrator.jobs import new_job_id, submit_job, wait_job
-from tasks.app import configure
 from tasks.coco_eval import evaluate
 from tasks.params import JobParams
 from tasks.shards import read_images
-from tasks.state import JobState, connect
+from tasks.state import JobState
 from workers.backends import check_spec, create_backend
 from workers.backends.detector_like import image_detections, seeded_rng
 from workers.inference import run_shard
@@ -75,8 +74,7 @@ def test_answers_are_the_same_in_any_batch_shard_and_order(runner, generated, tm
 @pytest.mark.slow
 def test_a_real_job_with_detector_answers_has_the_same_ap_below_one(redis_url, processes, tmp_path):
     ann, _ = write_set(tmp_path / "set", 120, seed=12)
-    configure(redis_url)
-    state = JobState(connect(redis_url))
+    state = JobState.open(redis_url)
     workers = [processes.preprocess_pool(redis_url)] + [processes.device_worker(redis_url, d)
                                                         for d in ("cpu:0", "cpu:1")]
     for w in workers:

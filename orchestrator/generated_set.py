@@ -14,22 +14,12 @@ import cv2
 import numpy as np
 
 from model.config import COCO_CATEGORY_IDS, COCO_CLASSES
+from workers.backends.detector_like import DETECTIONS_PER_IMAGE, image_detections, random_box
 
 # val2017: 5000 images, 36781 boxes (7.4 an image), 48 images without annotations, about 1% crowd boxes
 BOXES_PER_IMAGE = 7.4
 EMPTY_FRACTION = 0.01
 CROWD_FRACTION = 0.01
-DETECTIONS_PER_IMAGE = 83  # 414k detections for 5000 images, as measured on the real model's results
-
-
-def _box(rng: np.random.Generator, w: int, h: int) -> list[float]:
-    """A box of log-uniform size (small, medium and large all occur), inside the image."""
-    side = float(np.exp(rng.uniform(np.log(4), np.log(min(w, h)))))
-    bw = float(np.clip(side * rng.uniform(0.5, 2.0), 2, w - 1))
-    bh = float(np.clip(side * rng.uniform(0.5, 2.0), 2, h - 1))
-    x = float(rng.uniform(0, w - bw))
-    y = float(rng.uniform(0, h - bh))
-    return [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)]
 
 
 def make_annotations(n_images: int, seed: int = 0, first_id: int = 1) -> dict:
@@ -43,7 +33,7 @@ def make_annotations(n_images: int, seed: int = 0, first_id: int = 1) -> dict:
         if rng.random() < EMPTY_FRACTION:
             continue
         for _ in range(max(1, int(rng.poisson(BOXES_PER_IMAGE)))):
-            bbox = _box(rng, w, h)
+            bbox = random_box(rng, w, h)
             anns.append({"id": len(anns) + 1, "image_id": image_id,
                          "category_id": int(COCO_CATEGORY_IDS[int(rng.integers(0, 80))]),
                          "bbox": bbox, "area": round(bbox[2] * bbox[3] * rng.uniform(0.5, 1.0), 2),
@@ -55,8 +45,9 @@ def make_annotations(n_images: int, seed: int = 0, first_id: int = 1) -> dict:
 def make_detections(annotations: dict, per_image: int = DETECTIONS_PER_IMAGE, seed: int = 1) -> np.ndarray:
     """float64 [N, 7] rows (image id, x, y, w, h, score, category id), the COCO numpy results layout.
 
-    Boxes and scores are float32 values (what a model's outputs give), widths and heights are
-    float64 differences of float32 corners, like the shard runner's results.
+    Each image's detections come from the sim devices' detector-like answers, in shuffled order (so ties
+    and sorting get exercised); widths and heights are float64 differences of float32 corners, like the
+    shard runner's results.
     """
     rng = np.random.default_rng(seed)
     by_image: dict[int, list] = {}
@@ -64,36 +55,14 @@ def make_detections(annotations: dict, per_image: int = DETECTIONS_PER_IMAGE, se
         by_image.setdefault(a["image_id"], []).append(a)
     rows = []
     for im in annotations["images"]:
-        w, h = im["width"], im["height"]
-        if rng.random() < EMPTY_FRACTION:  # a detector that finds nothing here
-            continue
-        n = int(np.clip(rng.poisson(per_image), 1, 100))
-        boxes, cats = [], []
-        for a in by_image.get(im["id"], []):
-            for _ in range(int(rng.integers(1, 4))):  # true positive and duplicates, jittered
-                x, y, bw, bh = a["bbox"]
-                j = rng.normal(0, 0.08, 4) * [bw, bh, bw, bh]
-                boxes.append([x + j[0], y + j[1], x + bw + j[2], y + bh + j[3]])
-                cat = a["category_id"]
-                if rng.random() >= 0.9:  # a wrong class now and then
-                    cat = int(COCO_CATEGORY_IDS[int(rng.integers(0, 80))])
-                cats.append(cat)
-        while len(boxes) < n:  # false positives
-            x, y, bw, bh = _box(rng, w, h)
-            boxes.append([x, y, x + bw, y + bh])
-            cats.append(int(COCO_CATEGORY_IDS[int(rng.integers(0, 80))]))
-        boxes_f = np.asarray(boxes[:n], dtype=np.float64)
-        boxes_f[:, 0::2] = np.clip(boxes_f[:, 0::2], 0, w)
-        boxes_f[:, 1::2] = np.clip(boxes_f[:, 1::2], 0, h)
-        boxes_f = boxes_f.astype(np.float32).astype(np.float64)
-        scores = np.sort(rng.uniform(0.05, 1.0, len(boxes_f)).astype(np.float32))[::-1]
-        block = np.empty((len(boxes_f), 7), dtype=np.float64)
+        boxes, scores, cats = image_detections(rng, im["width"], im["height"], by_image.get(im["id"], []), per_image)
+        block = np.empty((len(boxes), 7), dtype=np.float64)
         block[:, 0] = im["id"]
-        block[:, 1:3] = boxes_f[:, :2]
-        block[:, 3:5] = boxes_f[:, 2:] - boxes_f[:, :2]
-        block[:, 5] = rng.permutation(scores)  # scores not in box order: ties and sorting get exercised
-        block[:, 6] = cats[:n]
-        rows.append(block)
+        block[:, 1:3] = boxes[:, :2]
+        block[:, 3:5] = boxes[:, 2:] - boxes[:, :2]
+        block[:, 5] = scores
+        block[:, 6] = cats
+        rows.append(block[rng.permutation(len(block))])
     return np.concatenate(rows) if rows else np.zeros((0, 7))
 
 
@@ -101,6 +70,16 @@ def detections_as_results(dets: np.ndarray) -> list[dict]:
     """The same detections as pycocotools `loadRes` entries."""
     return [{"image_id": int(r[0]), "category_id": int(r[6]), "bbox": [r[1], r[2], r[3], r[4]], "score": r[5]}
             for r in dets.tolist()]
+
+
+def cut_into_shards(annotations: dict, results: list[dict], size: int) -> list[tuple[list[int], list[dict]]]:
+    """(image ids, their results) per shard of `size` images in file order, as shard results arrive."""
+    by_image: dict[int, list] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    ids = [im["id"] for im in annotations["images"]]
+    return [(ids[i:i + size], [r for j in ids[i:i + size] for r in by_image.get(j, [])])
+            for i in range(0, len(ids), size)]
 
 
 def write_set(folder: str | Path, n_images: int, seed: int = 0, images: bool = False) -> tuple[Path, Path]:

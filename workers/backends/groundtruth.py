@@ -27,29 +27,44 @@ def load_answers(annotation_path: str | Path) -> dict[int, tuple[np.ndarray, np.
     return {i: (np.asarray(boxes[i], dtype=np.float64), np.asarray(labels[i], dtype=np.int64)) for i in boxes}
 
 
-class GroundTruthBackend(Backend):
-    """Detections = the image's own non-crowd boxes mapped into the network-input frame, score 1 (descending by 1e-3)."""
+class AnnotationAnswers(Backend):
+    """A backend that answers from the job's annotation file (one file's worth kept), reading no pixels."""
 
-    name = "groundtruth"
     needs_pixels = False
 
     def __init__(self):
-        self._answers: dict[str, dict] = {}
+        self._tables: dict[str, dict] = {}
 
-    def answers(self, annotation_path: str) -> dict:
-        if annotation_path not in self._answers:
-            self._answers = {annotation_path: load_answers(annotation_path)}  # keep one file's worth
-        return self._answers[annotation_path]
+    def read(self, annotation_path: str) -> dict:
+        """What `answer` needs from the file, by image id."""
+        raise NotImplementedError
+
+    def answer(self, table: dict, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image's boxes xyxy [N, 4] in original pixels, scores [N] descending, labels [N]."""
+        raise NotImplementedError
 
     def infer(self, batch: InferenceBatch) -> tuple[np.ndarray, np.ndarray]:
         dets, labels = empty_outputs(len(batch.clip_hw))
-        table = self.answers(batch.job["annotation"])
+        path = batch.job["annotation"]
+        if path not in self._tables:
+            self._tables = {path: self.read(path)}
         for row, (meta, image_id) in enumerate(zip(batch.metas, batch.image_ids)):
-            if image_id not in table:
-                continue
-            boxes, cls = table[image_id]
+            boxes, scores, cls = self.answer(self._tables[path], image_id)
             n = min(len(boxes), MAX_DETS)
             dets[row, :n, :4] = to_network_frame(boxes[:n], meta)
-            dets[row, :n, 4] = 1.0 - 1e-3 * np.arange(n, dtype=np.float32)
+            dets[row, :n, 4] = scores[:n]
             labels[row, :n] = cls[:n]
         return dets, labels
+
+
+class GroundTruthBackend(AnnotationAnswers):
+    """Detections = the image's own non-crowd boxes mapped into the network-input frame, score 1 (descending by 1e-3)."""
+
+    name = "groundtruth"
+
+    def read(self, annotation_path: str) -> dict:
+        return load_answers(annotation_path)
+
+    def answer(self, table: dict, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes, cls = table.get(image_id, (np.zeros((0, 4)), np.zeros(0, np.int64)))
+        return boxes, 1.0 - 1e-3 * np.arange(len(boxes), dtype=np.float32), cls

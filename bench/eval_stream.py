@@ -7,7 +7,7 @@ answers (about 409k detections) are cut into shards of 16 images (what 32 device
 file order to `evaluation.streaming.StreamingCocoEval.add` one shard at a time, then `finish()`.
 Printed: each `add` (mean, p90, max, sum) against the interval at which 32 sim 310P cards deliver
 shards; `finish()` after the last shard, with its sort, curves and summary; the coverage check on the
-same payloads; `tasks.coco_eval.evaluate` in one go (faster-coco-eval and pycocotools); whether all
+same payloads; `evaluation.coco_eval.evaluate` in one go (faster-coco-eval and pycocotools); whether all
 give the same 12 numbers. `--cpp-accumulate` also times faster-coco-eval's own `COCOevalAccumulate` on
 the C++ per-image results of every shard (the alternative that `finish` does not use).
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evaluation.streaming import StreamingCocoEval  # noqa: E402
 from orchestrator.generated_set import (  # noqa: E402
     cut_into_shards, detections_as_results, make_annotations, make_detections)
-from tasks.coco_eval import evaluate  # noqa: E402
+from evaluation.coco_eval import evaluate  # noqa: E402
 from tasks.reduce import check_coverage  # noqa: E402
 
 DEVICE_BATCH_S, DEVICE_BATCH, DEVICES = 0.95, 8, 32  # a 310P: batch 8 in 0.95 s

@@ -29,7 +29,7 @@ from itertools import chain
 
 import numpy as np
 
-from tasks.coco_eval import STAT_NAMES, summarize, valid_ground_truth
+from evaluation.coco_eval import STAT_NAMES, summarize, valid_ground_truth
 
 _STATE = operator.methodcaller("__getstate__")  # an ImageEvaluation's vectors as Python lists
 _KEYS = ("score", "image_rank", "rank_in_image", "category")
@@ -148,7 +148,7 @@ class StreamingCocoEval:
         return Ranked(score[keep], rank[keep], rank_in_image[keep], cat[keep], inside)
 
     def finish(self) -> dict:
-        """{"stats", "per_class", ...} as `tasks.coco_eval.evaluate` gives them on the union of what was added."""
+        """{"stats", "per_class", ...} as `evaluation.coco_eval.evaluate` gives them on the union of what was added."""
         t0 = time.perf_counter()
         precision, recall = self.curves(every_max_dets=False)
         stats = summarize(precision, recall)

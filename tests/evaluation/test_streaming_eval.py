@@ -13,7 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from evaluation.streaming import StreamingCocoEval
 from orchestrator.generated_set import cut_into_shards, detections_as_results, make_annotations, make_detections
-from tasks.coco_eval import evaluate
+from evaluation.coco_eval import evaluate
 
 SHARD = 16
 

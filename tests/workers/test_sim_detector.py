@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.generated_set import write_set
 from orchestrator.jobs import new_job_id, submit_job, wait_job
-from tasks.coco_eval import evaluate
+from evaluation.coco_eval import evaluate
 from tasks.params import JobParams
 from tasks.shards import read_images
 from tasks.state import JobState

@@ -8,7 +8,8 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-from evaluation.coco_eval import evaluate
+from evaluation.coco_eval import DEFAULT_EVALUATOR, evaluate
+from evaluation.streaming import StreamingCocoEval
 from tasks.metrics import job_metrics
 from tasks.params import JobParams
 from tasks.shards import read_annotation
@@ -76,31 +77,56 @@ def failing_job(state: JobState, job_id: str):
         raise
 
 
+def shard_evaluator(annotation: str | dict, evaluator: str) -> StreamingCocoEval | None:
+    """The evaluator that takes shard results as they come (faster-coco-eval: its C++ per-image step, then
+    pycocotools' accumulation), or None for pycocotools, the reference, which runs once on the union."""
+    return StreamingCocoEval(annotation) if evaluator == DEFAULT_EVALUATOR else None
+
+
+def add_shard(evaluation: StreamingCocoEval, payload: dict) -> None:
+    """One shard result into the evaluation; its unreadable images count as images without detections."""
+    evaluation.add([int(i) for i in payload["image_ids"]] + [int(i) for i in payload.get("unreadable", {})],
+                   payload["results"])
+
+
 def reduce_job(state: JobState, job_id: str, evaluator: str | None = None) -> dict:
     """Read every shard result, check coverage, evaluate, save the report and finish the job (one go)."""
     params = state.params(job_id)
+    evaluator = evaluator or params.coco_eval
     t_reduce_start = float(state.summary(job_id).get("t_reduce_start") or time.time())
     state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
     with failing_job(state, job_id):
         annotation, images = read_annotation(params.annotation)
         results = state.results(job_id)
         shards = state.all_shards(job_id)
+        evaluation = shard_evaluator(annotation, evaluator)
+        if evaluation is not None:
+            for shard in sorted(results):  # the lowest shard first, as union_results takes them
+                add_shard(evaluation, results[shard])
     return finish_job(state, job_id, params, [im["id"] for im in images], shards, results, t_reduce_start,
-                      evaluator, mode="one go", annotation=annotation)
+                      evaluator, mode="one go", annotation=annotation, evaluation=evaluation)
 
 
 def finish_job(state: JobState, job_id: str, params: JobParams, expected_ids: list[int],
                shards: dict[int, list[dict]], results: dict[int, dict], t_reduce_start: float,
-               evaluator: str | None = None, mode: str = "streaming", annotation: dict | None = None) -> dict:
-    """Coverage, COCOeval on the union, metrics, the report; the job ends done (or failed on a coverage error).
+               evaluator: str | None = None, mode: str = "streaming", annotation: dict | None = None,
+               evaluation: StreamingCocoEval | None = None) -> dict:
+    """Coverage, COCOeval, metrics, the report; the job ends done (or failed on a coverage error).
 
     The caller has set the job reducing. `mode` says how the results were read: "streaming" (as they
     were written) or "one go" (all at the end). `annotation`: the annotation file already parsed, if it was.
+    `evaluation`: the shard results already added to a StreamingCocoEval (then only its accumulation is left);
+    without it COCOeval runs once on the union of `results`.
     """
     summary = state.summary(job_id)
+    evaluator = evaluator or params.coco_eval
     with failing_job(state, job_id):
         coverage = check_coverage(expected_ids, shards, results)
-        ap = evaluate(annotation or params.annotation, union_results(results), evaluator or params.coco_eval)
+        if evaluation is not None:
+            ap = {**evaluation.finish(), "evaluator": evaluator, "per_image": "as each shard landed"
+                  if mode == "streaming" else "after the last shard"}
+        else:
+            ap = evaluate(annotation or params.annotation, union_results(results), evaluator)
     metrics = job_metrics(state.batches(job_id), params.warmup_batches, len(expected_ids),
                           float(summary["t_submit"]), t_reduce_start)
     t_done = time.time()

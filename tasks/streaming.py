@@ -15,8 +15,9 @@ import threading
 import time
 
 from tasks.periodic import Periodic
-from tasks.reduce import finish_job, reduce_job
-from tasks.shards import read_images
+from evaluation.streaming import StreamingCocoEval
+from tasks.reduce import add_shard, finish_job, reduce_job, shard_evaluator
+from tasks.shards import read_annotation
 from tasks.state import FINISHED, JobState
 
 log = logging.getLogger("tasks.streaming")
@@ -26,16 +27,22 @@ RECENT_JOBS = 50  # how far back in the job list a follower looks for running jo
 
 
 class ResultStream:
-    """A job's shard results, fetched and parsed once each, as they are written."""
+    """A job's shard results, fetched and parsed once each, as they are written; with an evaluation, each goes
+    into it at once and only its image ids stay (the coverage count needs no more)."""
 
-    def __init__(self, state: JobState, job_id: str):
-        self.state, self.job_id = state, job_id
+    def __init__(self, state: JobState, job_id: str, evaluation: StreamingCocoEval | None = None):
+        self.state, self.job_id, self.evaluation = state, job_id, evaluation
         self.results: dict[int, dict] = {}
 
     def poll(self) -> int:
         """Fetch the results written since the last call; returns how many there are now."""
         if self.state.result_count(self.job_id) != len(self.results):
-            self.results.update(self.state.results_except(self.job_id, self.results))
+            fresh = self.state.results_except(self.job_id, self.results)
+            for shard, payload in sorted(fresh.items()):
+                if self.evaluation is not None:
+                    add_shard(self.evaluation, payload)
+                    payload = {"image_ids": payload["image_ids"], "unreadable": payload.get("unreadable", {})}
+                self.results[shard] = payload
         return len(self.results)
 
 
@@ -45,9 +52,10 @@ def follow_job(state: JobState, job_id: str, stop: threading.Event | None = None
     The caller holds the job's reducer lease.
     """
     params = state.params(job_id)
-    expected = [im["id"] for im in read_images(params.annotation)]
+    annotation, images = read_annotation(params.annotation)
+    expected = [im["id"] for im in images]
     shards = state.all_shards(job_id)
-    stream = ResultStream(state, job_id)
+    stream = ResultStream(state, job_id, shard_evaluator(annotation, params.coco_eval))
     stop = stop or threading.Event()
     while True:
         status = state.status(job_id)
@@ -59,7 +67,8 @@ def follow_job(state: JobState, job_id: str, stop: threading.Event | None = None
             return None
     t_reduce_start = time.time()
     state.set_status(job_id, "reducing", t_reduce_start=t_reduce_start)
-    return finish_job(state, job_id, params, expected, shards, stream.results, t_reduce_start)
+    return finish_job(state, job_id, params, expected, shards, stream.results, t_reduce_start,
+                      annotation=annotation, evaluation=stream.evaluation)
 
 
 def reduce_when_free(state: JobState, job_id: str, poll_s: float = 0.25) -> dict | None:

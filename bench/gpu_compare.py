@@ -19,11 +19,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 OFFSET_WEIGHT_SCALE = 0.1
-ORACLE_CANDIDATES = (REPO.parent / "shared" / "fixtures" / "oracle", REPO / ".gpu_fixtures" / "oracle")
+ORACLE_CANDIDATES = (REPO / "tests" / "fixtures" / "oracle",)
 
 
 def oracle_dir() -> Path | None:
-    """$EVALUATOR_ORACLE, else ../shared/fixtures/oracle, else .gpu_fixtures/oracle (a copy carried to a GPU host)."""
+    """$EVALUATOR_ORACLE (e.g. a copy carried to a GPU host), else the repository's tests/fixtures/oracle."""
     candidates = [Path(os.environ["EVALUATOR_ORACLE"])] if os.environ.get("EVALUATOR_ORACLE") else []
     for folder in candidates + list(ORACLE_CANDIDATES):
         if (folder / "make_checkpoint.py").is_file() and (folder / "images").is_dir():

@@ -26,7 +26,7 @@ from model.checkpoint import load_detector  # noqa: E402
 from model.preprocess import clip_sizes, load_image, preprocess  # noqa: E402
 from model.random_checkpoint import write_random_checkpoint  # noqa: E402
 
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent.parent / "shared/fixtures/oracle/images/astronaut.png"
+DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests/fixtures/oracle/images/astronaut.png"
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from commandline import USAGE_EXIT
 from tasks.state import answers
 
 
@@ -33,6 +34,13 @@ def die_with(parent_pid: int):
     return arm
 
 
+DEATHS_PER_MINUTE = 3  # a device whose worker dies this often is dropped from the job
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 class ClusterError(RuntimeError):
     """A process of the local cluster failed to start or died."""
 
@@ -50,9 +58,9 @@ def log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _signal_group(proc: subprocess.Popen, sig: int, even_if_exited: bool = False) -> None:
     """Signal a worker and its pool children (each worker leads its own process group)."""
-    if proc.poll() is None:
+    if even_if_exited or proc.poll() is None:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -106,26 +114,34 @@ class LocalCluster:
     CONFIG = "cluster.json"
 
     def __init__(self, run_dir: str | Path, devices: list[str], backend: str = "", model: str = "",
-                 precision: str = "fp32", preprocess_concurrency: int | None = None, lease_ttl_s: float | None = None):
+                 precision: str = "fp32", preprocess_concurrency: int | None = None, lease_ttl_s: float | None = None,
+                 durable: bool = False):
         self.run_dir = Path(run_dir)
         self.devices = devices
         self.backend, self.model, self.precision = backend, model, precision
         self.concurrency = preprocess_concurrency or max(1, (os.cpu_count() or 2) - len(devices))
         self.lease_ttl_s = lease_ttl_s
-        # an append-only file in the run folder: after a Ctrl-C or a crash, `resume JOB` restarts from it
-        self.redis = RedisServer(self.run_dir / "redis", extra_args=["--appendonly", "yes"])
+        # an append-only file in the run folder: after a Ctrl-C or a crash, `resume JOB` restarts from it, and a
+        # Redis that died starts again from it. Written every second (a crash loses at most the last second,
+        # which the reapers recover: tasks/recovery.py), or on every write with `durable`.
+        self.durable = durable
+        self.redis = RedisServer(self.run_dir / "redis", extra_args=[
+            "--appendonly", "yes", "--appendfsync", "always" if durable else "everysec"])
         self.procs: dict[str, subprocess.Popen] = {}
+        self.spawned: dict[str, tuple] = {}  # name -> what _spawn was given, to start it again
+        self.deaths: dict[str, list[float]] = {}
 
     def save_config(self) -> None:
         """What `resume` needs to start the same cluster again on the same Redis folder."""
         (self.run_dir / self.CONFIG).write_text(json.dumps({
             "devices": self.devices, "backend": self.backend, "model": self.model, "precision": self.precision,
-            "lease_ttl_s": self.lease_ttl_s}))
+            "lease_ttl_s": self.lease_ttl_s, "durable": self.durable}))
 
     @classmethod
     def from_folder(cls, run_dir: str | Path) -> "LocalCluster":
         c = json.loads((Path(run_dir) / cls.CONFIG).read_text())
-        return cls(run_dir, c["devices"], c["backend"], c["model"], c["precision"], lease_ttl_s=c["lease_ttl_s"])
+        return cls(run_dir, c["devices"], c["backend"], c["model"], c["precision"], lease_ttl_s=c["lease_ttl_s"],
+                   durable=c.get("durable", False))
 
     @property
     def url(self) -> str:
@@ -139,6 +155,7 @@ class LocalCluster:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", module, *args, "--broker", self.url],
                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 env=env, start_new_session=True, preexec_fn=die_with(os.getpid()))
+        self.spawned[name] = (args, module, env_extra)
 
     def start(self) -> "LocalCluster":
         self.redis.start()
@@ -176,11 +193,39 @@ class LocalCluster:
                 time.sleep(0.1)
 
     def check_alive(self) -> None:
-        """Raise ClusterError naming a process that exited, with the end of its log."""
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = log_tail(self.run_dir / "logs" / f"{name}.log", 3)
+        """Supervise: start again, with one line, a worker or the Redis that died (Redis on its append-only
+        file, same port). A device whose worker died DEATHS_PER_MINUTE times in a minute is dropped (one line;
+        the lease gives its shard to the others); ClusterError when no device is left, when the pool keeps
+        dying, or when a worker refused its arguments (exit 2: starting it again cannot help)."""
+        if self.redis.proc is not None and self.redis.proc.poll() is not None:
+            code = self.redis.proc.returncode
+            self.redis.start()
+            say(f"redis-server exited (code {code}); started again on its append-only file")
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                continue
+            tail = log_tail(self.run_dir / "logs" / f"{name}.log", 3)
+            _signal_group(proc, signal.SIGKILL, even_if_exited=True)  # its pool children, if any outlived it
+            if proc.returncode == USAGE_EXIT:
                 raise ClusterError(f"worker {name} exited with code {proc.returncode}: {tail}")
+            now = time.monotonic()
+            deaths = [t for t in self.deaths.get(name, []) if now - t < 60.0] + [now]
+            self.deaths[name] = deaths
+            if len(deaths) < DEATHS_PER_MINUTE:
+                self._spawn(name, *self.spawned[name])
+                say(f"worker {name} exited with code {proc.returncode}; started again ({tail})")
+                continue
+            del self.procs[name]
+            if name not in self.device_names:
+                raise ClusterError(f"worker {name} died {len(deaths)} times in a minute: {tail}")
+            say(f"device {name} dropped: its worker died {len(deaths)} times in a minute ({tail}); "
+                "the other devices take its shards")
+            if not any(n in self.procs for n in self.device_names):
+                raise ClusterError("every device worker died 3 times in a minute: nothing left to run the job")
+
+    @property
+    def device_names(self) -> list[str]:
+        return [device.replace(":", "") for device in self.devices]
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Warm shutdown (SIGTERM) for every worker, SIGKILL after timeout_s, then Redis."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE
+from tasks.recovery import account
 from tasks.state import JobState
 
 QUEUES = [PREPROCESS_QUEUE, INFER_QUEUE, REDUCE_QUEUE]
@@ -58,23 +59,20 @@ def resume_job(state: JobState, job_id: str) -> dict:
     if status == "done":
         return {"status": status, "enqueued": [], "queued": [], "in_flight": {}, "reduce": False}
     params = state.params(job_id)
-    queued = {int(t.kwargs["shard"]) for t in state.queued([INFER_QUEUE], job_id)
-              if t.name == "evaluator.infer" and "shard" in t.kwargs}
-    in_flight = state.leases.shards_in_flight(job_id)
-    missing = state.shards_without_result(job_id)
-    todo = [s for s in missing if s not in queued and s not in in_flight]
-    reducer_queued = bool(state.queued([REDUCE_QUEUE], job_id))
-    reduce = not missing and status != "reducing" and not reducer_queued
+    accounting = account(state, job_id)
+    todo, missing = accounting.unaccounted, accounting.missing
+    reduce = not missing and status != "reducing" and not accounting.reduce_queued
     state.note_resume(job_id)
     if todo or reduce or status in ("failed", "cancelled"):
         state.reopen(job_id)  # before enqueueing: tasks must not skip
     if todo:
         state.tasks.job(job_id, 0, params.batch, preprocess_first=bool(params.store), shards=todo)
+    state.note_enqueued(job_id)  # a submit that died while enqueueing never said so
     if reduce:
         state.allow_reduce_again(job_id)  # e.g. a cancelled job's reducer skipped: claim it again
         reduce = state.claim_reduce(job_id)
         if reduce:
             state.tasks.reduce(job_id)
-    return {"status": status, "enqueued": todo, "queued": sorted(queued & set(missing)),
-            "in_flight": {s: d for s, d in in_flight.items() if s in missing}, "reduce": reduce,
+    return {"status": status, "enqueued": todo, "queued": sorted(accounting.queued & set(missing)),
+            "in_flight": {s: d for s, d in accounting.in_flight.items() if s in missing}, "reduce": reduce,
             "done": state.result_count(job_id), "n_shards": state.n_shards(job_id)}

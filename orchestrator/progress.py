@@ -33,6 +33,14 @@ class JobProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
+    def say(self, line: str) -> None:
+        """One line above the bar (the bar stays)."""
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def broker_wait(self, seconds: float) -> None:
+        """The bar's status while the broker does not answer."""
+        self.progress.update(self.task, status=f"broker unreachable for {seconds:.0f} s, retrying")
+
     def update(self, summary: dict) -> None:
         done = min(int(summary.get("images_inferred", 0)), self.total)
         status = summary.get("status", "")

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 from commandline import UsageError
-from orchestrator.cli import add_broker_arg, open_state
+from orchestrator.cli import add_broker_arg, add_broker_timeout_arg, check_broker_timeout, open_state
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.control import resume_job
 from orchestrator.jobs import Watcher, live_devices
+from tasks.outage import BROKER_UNREACHABLE_EXIT, BrokerUnreachable
 from tasks.settings import TIMINGS, ClusterTimings
 from tasks.state import JobState
 
@@ -56,7 +57,11 @@ def describe(job: str, plan: dict) -> str:
 def resume_and_follow(args, state: JobState, watcher: Watcher) -> int:
     if not state.exists(args.job):
         raise UsageError(f"no job {args.job} on this broker ({args.broker or 'the embedded cluster'})")
-    plan = resume_job(state, args.job)
+    try:
+        plan = watcher.outage().call(lambda: resume_job(state, args.job))
+    except BrokerUnreachable as exc:
+        print(f"error: {exc}; nothing was resumed", file=sys.stderr)
+        return BROKER_UNREACHABLE_EXIT
     print(describe(args.job, plan), file=sys.stderr)
     if plan["status"] != "done" and plan["enqueued"] and watcher.check_alive is None:
         live_devices(state, warn=True)
@@ -67,15 +72,17 @@ def resume_and_follow(args, state: JobState, watcher: Watcher) -> int:
 
 def run(args) -> int:
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
+    check_broker_timeout(args)
     if args.broker:
-        return resume_and_follow(args, open_state(args.broker), Watcher(timings, None, args.timeout))
+        return resume_and_follow(args, open_state(args.broker),
+                                 Watcher(timings, None, args.timeout, args.broker_timeout))
     if args.no_wait:
         raise UsageError("--no-wait needs a running cluster: the embedded one stops when resume ends (--no-wait)")
     folder = embedded_folder(Path(args.run_dir or DEFAULT_RUN_ROOT).resolve(), args.job)
     print(f"restarting the embedded cluster of job {args.job} from {folder}", file=sys.stderr)
     try:
         with LocalCluster.from_folder(folder) as cluster:
-            watcher = Watcher(timings, cluster.check_alive, args.timeout)
+            watcher = Watcher(timings, cluster.check_alive, args.timeout, args.broker_timeout)
             return resume_and_follow(args, open_state(cluster.url), watcher)
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -100,4 +107,5 @@ def register(sub) -> None:
     p.add_argument("--no-wait", action="store_true", help="re-enqueue and return without following the job")
     p.add_argument("--lease-ttl", type=float, help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g})")
     p.add_argument("--timeout", type=float, help="give up following after this many seconds")
+    add_broker_timeout_arg(p)
     p.set_defaults(func=run)

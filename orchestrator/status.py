@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 from commandline import UsageError
-from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state
+from orchestrator.cli import add_broker_arg, add_broker_timeout_arg, add_run_dir_arg, check_broker_timeout, open_state
 from tasks.lease import describe_holder
+from tasks.outage import BROKER_TIMEOUT_S, BROKER_UNREACHABLE_EXIT, BrokerUnreachable, Outage
 from tasks.state import JobState
 
 
@@ -18,19 +20,31 @@ def _line(job_id: str, s: dict) -> str:
             f"images {s.get('images_done', 0)}/{s.get('n_images', 0)}{ap}{err}")
 
 
-def live_status(state: JobState, job: str | None) -> int:
+def live_lines(state: JobState, job: str | None) -> list[str]:
+    """What `status --broker` prints, read in full before anything is printed (a broker outage midway
+    repeats the reading, never the printing)."""
     ids = [job] if job else state.job_ids()
     if job and not state.exists(job):
         raise UsageError(f"no job {job} on this broker (JOB)")
-    for job_id in ids:
-        print(_line(job_id, state.summary(job_id)))
+    lines = [_line(job_id, state.summary(job_id)) for job_id in ids]
     if job:
         missing = state.shards_without_result(job)
-        print(f"shards without a result: {', '.join(map(str, missing)) or 'none'}")
-    print("devices:")
+        lines.append(f"shards without a result: {', '.join(map(str, missing)) or 'none'}")
+    lines.append("devices:")
     for _, rec, held in sorted(state.leases.entries(), key=lambda entry: entry[0]):
         alive = "held" if held else "EXPIRED (the reaper gives its shard back)"
-        print(f"  {rec['host']}/{rec['device']}: {alive} by {describe_holder(rec)}")
+        lines.append(f"  {rec['host']}/{rec['device']}: {alive} by {describe_holder(rec)}")
+    return lines
+
+
+def live_status(state: JobState, job: str | None, broker_timeout_s: float = BROKER_TIMEOUT_S) -> int:
+    outage = Outage(broker_timeout_s, say=lambda line: print(line, file=sys.stderr))
+    try:
+        lines = outage.call(lambda: live_lines(state, job))
+    except BrokerUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return BROKER_UNREACHABLE_EXIT
+    print("\n".join(lines))
     return 0
 
 
@@ -52,7 +66,7 @@ def folder_status(run_dir: Path, job: str | None) -> int:
 
 def run(args) -> int:
     if args.broker:
-        return live_status(open_state(args.broker), args.job)
+        return live_status(open_state(args.broker), args.job, check_broker_timeout(args))
     return folder_status(Path(args.run_dir), args.job)
 
 
@@ -63,5 +77,6 @@ def register(sub) -> None:
                        epilog="example: python -m orchestrator status --broker redis://head:6379/0")
     p.add_argument("job", nargs="?", metavar="JOB", help="one job id (default: all)")
     add_broker_arg(p, "read live state from this Redis")
+    add_broker_timeout_arg(p)
     add_run_dir_arg(p)
     p.set_defaults(func=run)

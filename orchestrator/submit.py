@@ -8,7 +8,8 @@ from pathlib import Path
 
 from commandline import UsageError
 from orchestrator.bins import report_line, write_bins
-from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state, positive_int
+from orchestrator.cli import (add_broker_arg, add_broker_timeout_arg, add_run_dir_arg, check_broker_timeout,
+                              open_state, positive_int)
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.dashboard import AUTH_ENV, start_dashboard
 from orchestrator.inputs import resolve
@@ -66,6 +67,10 @@ def check_flags(args) -> list[int]:
         raise UsageError(f"--shard-size must be 0 (automatic) or more, got {args.shard_size} (--shard-size)")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be 0 or more, got {args.warmup} (--warmup)")
+    check_broker_timeout(args)
+    if args.durable and args.broker:
+        raise UsageError("--durable sets how the embedded Redis writes its file; a running cluster's Redis has its "
+                         "own appendfsync setting (--durable)")
     positive_int("--static-size", args.static_size)
     if args.write_bins and args.size_mode != "static":
         raise UsageError("the recipe's .bin files are S x S canvases: --write-bins needs --size-mode static "
@@ -130,15 +135,16 @@ def run(args) -> int:
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
     if args.broker:
         state = open_state(args.broker)
-        return submission.run(state, max(1, live_devices(state, warn=True)), Watcher(timings, None, args.timeout))
+        watcher = Watcher(timings, None, args.timeout, args.broker_timeout)
+        return submission.run(state, max(1, live_devices(state, warn=True)), watcher)
     first = submission.jobs[0]
     try:
         with LocalCluster(submission.folder, devices, first.backend, first.model, args.precision,
-                          lease_ttl_s=args.lease_ttl) as cluster:
+                          lease_ttl_s=args.lease_ttl, durable=args.durable) as cluster:
             if args.dashboard:
                 start_dashboard(cluster, args.dashboard_port)
             return submission.run(open_state(cluster.url), len(devices),
-                                  Watcher(timings, cluster.check_alive, args.timeout))
+                                  Watcher(timings, cluster.check_alive, args.timeout, args.broker_timeout))
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -180,6 +186,10 @@ def register(sub) -> None:
                         "both give the same 12 numbers")
     p.add_argument("--lease-ttl", type=float, help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g})")
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    add_broker_timeout_arg(p)
+    p.add_argument("--durable", action="store_true",
+                   help="the embedded Redis writes its append-only file on every write (appendfsync always) instead "
+                        "of every second: nothing to recover after a crash, at a cost (bench/chaos.py measures it)")
     p.add_argument("--write-bins", metavar="DIR",
                    help="first write the Ascend recipe's inputs from the tensor store: DIR/<stem>.bin (float32 "
                         "[3,S,S]), DIR.info and DIR_jpg.info as gen_dataset_info.py writes them, for Huawei's "

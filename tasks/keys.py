@@ -16,6 +16,8 @@ string through their `global_keyprefix` transport option (tasks/settings.py).
 | `P:job:ID:reducer` | string, TTL | the reducer lease (token record) |
 | `P:job:ID:report` | string | the reducer's report (JSON) |
 | `P:job:ID:tasks` | set | every task id the job was sent under (for `cancel`) |
+| `P:job:ID:suspects` | hash | `shards` (JSON list), `reduce` (0/1), `t`: what the last lost-work check found unaccounted for |
+| `P:recovery` | string, TTL | held by the reaper whose lost-work check runs this interval (one over all reapers) |
 | `P:lease:HOST:DEVICE` | string, TTL | a device lease (token record with its shard in flight) |
 | `P:lease:HOST:DEVICE:fence` | counter | the device's fencing number, one more per acquisition |
 | `P:leases` | hash | lease key -> its last record, no TTL (the reaper reads a dead holder's shard here) |
@@ -57,7 +59,7 @@ class Keys:
         return self._k("job", job_id)
 
     def job_part(self, job_id: str, part: str) -> str:
-        """`shards`, `results`, `batches`, `shard_times`, `reissued`, `reducer`, `report`, `tasks`."""
+        """`shards`, `results`, `batches`, `shard_times`, `reissued`, `reducer`, `report`, `tasks`, `suspects`."""
         assert part in JOB_PARTS, part
         return self._k("job", job_id, part)
 
@@ -77,9 +79,12 @@ class Keys:
     def workers(self) -> str:
         return self._k("workers")
 
+    def recovery(self) -> str:
+        return self._k("recovery")
+
     def queue(self, name: str) -> str:
         """A kombu queue's list key (kombu adds the prefix itself when it sends and receives)."""
         return f"{self.kombu_prefix}{name}"
 
 
-JOB_PARTS = ("shards", "results", "batches", "shard_times", "reissued", "reducer", "report", "tasks")
+JOB_PARTS = ("shards", "results", "batches", "shard_times", "reissued", "reducer", "report", "tasks", "suspects")

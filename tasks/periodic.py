@@ -1,13 +1,17 @@
 """One periodic thread for every background loop (lease heartbeats, the reaper, the reduce follower).
 
-An exception in one round is logged at WARNING, once per distinct message until a round succeeds
-again, and the loop goes on: a broker blip must not kill a heartbeat, nor be swallowed silently.
+An exception in one round is logged once per distinct message until a round succeeds again, and the loop
+goes on: a broker blip must not kill a heartbeat, nor be swallowed silently. A broker outage is logged at
+INFO (a command's terminal says it once itself, tasks/outage.py; a worker's log shows INFO), anything
+else at WARNING.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from typing import Callable
+
+from tasks.outage import BROKER_ERRORS, describe
 
 
 class Periodic:
@@ -25,13 +29,14 @@ class Periodic:
                 if self.fn() is False:
                     return
             except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
-                message = f"{exc.__class__.__name__}: {exc}"
+                message = describe(exc)
                 if message != self._last_error:
-                    self.log.warning("%s: %s (retrying every %.1f s)", self.name, message, self.interval_s)
+                    level = logging.INFO if isinstance(exc, BROKER_ERRORS) else logging.WARNING
+                    self.log.log(level, "%s: %s (retrying every %.1f s)", self.name, message, self.interval_s)
                     self._last_error = message
             else:
                 if self._last_error is not None:
-                    self.log.warning("%s: working again", self.name)
+                    self.log.info("%s: working again", self.name)
                     self._last_error = None
 
     @property

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from evaluation.coco_eval import DEFAULT_EVALUATOR, evaluate
 from evaluation.streaming import StreamingCocoEval
 from tasks.metrics import job_metrics
+from tasks.outage import BROKER_ERRORS
 from tasks.params import JobParams
 from tasks.shards import read_annotation
 from tasks.state import JobState
@@ -69,9 +70,12 @@ def union_results(results: dict[int, dict]) -> list[dict]:
 @contextmanager
 def failing_job(state: JobState, job_id: str):
     """Any error inside marks the job failed with a one-line reason, then propagates: a report must say
-    why it has no AP, never hang the job."""
+    why it has no AP, never hang the job. A broker outage fails nothing: the reduce is done again (the
+    reapers re-enqueue a job's lost reduce)."""
     try:
         yield
+    except BROKER_ERRORS:
+        raise
     except Exception as exc:
         state.fail(job_id, f"reducer: {exc.__class__.__name__}: {exc}")
         raise

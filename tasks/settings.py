@@ -9,8 +9,11 @@ import os
 from dataclasses import dataclass, field, replace
 
 from tasks.keys import Keys, prefix_from_env
+from tasks.outage import BROKER_TIMEOUT_S
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+SOCKET_TIMEOUT_S = 15.0  # no command blocks on the server: a reply this late means a dead or silent connection
+HEALTH_CHECK_S = 10
 BROKER_ENV = "EVALUATOR_BROKER"
 
 
@@ -49,6 +52,7 @@ class Settings:
     key_prefix: str = field(default_factory=prefix_from_env)
     store_root: str | None = None  # a worker's own tensor store folder (None: the job's)
     timings: ClusterTimings = TIMINGS
+    broker_timeout_s: float = BROKER_TIMEOUT_S  # how long a Redis command of a worker waits through an outage
 
     @property
     def keys(self) -> Keys:
@@ -62,6 +66,10 @@ def celery_config(settings: Settings) -> dict:
     """The Celery app's configuration (DESIGN.md section 4) for these settings."""
     transport = {"visibility_timeout": settings.timings.visibility_timeout_s,
                  "global_keyprefix": settings.keys.kombu_prefix}
+    # A broker that vanishes without closing the connection (a host gone, a silent link): commands time out
+    # and the consumer's BRPOP connection is dropped after brpop_timeout + health_check_interval (kombu 5.7)
+    sockets = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": 5.0, "socket_keepalive": True,
+               "health_check_interval": HEALTH_CHECK_S}
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.broker_url,
@@ -76,8 +84,12 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": transport,
+        "broker_connection_max_retries": None,  # a worker waits for its broker as long as it takes
+        "broker_transport_options": {**transport, **sockets},
         "result_backend_transport_options": dict(transport),
+        "redis_socket_timeout": SOCKET_TIMEOUT_S,
+        "redis_socket_connect_timeout": 5.0,
+        "redis_socket_keepalive": True,
         "result_expires": 7 * 24 * 3600,
         "task_routes": {
             "evaluator.preprocess": {"queue": "preprocess"},

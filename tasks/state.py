@@ -9,12 +9,16 @@ import json
 import time
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from tasks.keys import Keys, prefix_from_env
 from tasks.lease import DeviceLease, Lease, LeaseRegistry
+from tasks.outage import RideOutRetry
 from tasks.params import JobParams
 from tasks.queues import QueuedTask, queued_tasks, remove_queued
 from tasks.scripts import Scripts
+from tasks.settings import SOCKET_TIMEOUT_S
 
 STATUSES = ("queued", "running", "reducing", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -23,9 +27,13 @@ FINISHED = ("done", "failed", "cancelled")
 BrokerError = redis.RedisError  # what a Redis that does not answer raises
 
 
-def connect(url: str) -> redis.Redis:
-    """A decoded-string client; redis-py's pool reconnects after a fork."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+def connect(url: str, ride_out_s: float | None = None) -> redis.Redis:
+    """A decoded-string client; redis-py's pool reconnects after a fork. With `ride_out_s`, every command
+    retries through a broker outage for up to that long (workers); without, a few quick retries only (a
+    command a person watches rides out outages itself: tasks/outage.py)."""
+    retry = RideOutRetry(ride_out_s) if ride_out_s else Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, retry=retry,
+                                socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=5.0, socket_keepalive=True)
 
 
 def answers(url: str, timeout_s: float = 0.5) -> bool:
@@ -51,8 +59,9 @@ class JobState:
         self._enqueuer = None
 
     @classmethod
-    def open(cls, url: str, keys: Keys | None = None) -> "JobState":
-        return cls(connect(url), keys, url)
+    def open(cls, url: str, keys: Keys | None = None, ride_out_s: float | None = None) -> "JobState":
+        """Job state on the broker at `url`; `ride_out_s`: how long each command waits through an outage."""
+        return cls(connect(url, ride_out_s), keys, url)
 
     @property
     def tasks(self):
@@ -100,6 +109,10 @@ class JobState:
                        mapping={str(i): json.dumps(shard) for i, shard in enumerate(shards)})
             p.zadd(self.keys.jobs(), {params.job_id: now})
             p.execute()
+
+    def note_enqueued(self, job_id: str) -> None:
+        """Every message of the job was sent (submit, resume): a shard without one from now on was lost."""
+        self.r.hset(self._job(job_id), "t_enqueued", time.time())
 
     def exists(self, job_id: str) -> bool:
         return bool(self.r.exists(self._job(job_id)))
@@ -254,6 +267,31 @@ class JobState:
         """What `resume` re-enqueues."""
         done = {int(k) for k in self.r.hkeys(self._part(job_id, "results"))}
         return [i for i in range(self.n_shards(job_id)) if i not in done]
+
+    # -- lost work (tasks/recovery.py) ----------------------------------------------------------------------
+    def claim_recovery_round(self, interval_s: float) -> bool:
+        """True for one reaper per interval over the whole cluster: that one looks for lost work."""
+        return bool(self.r.set(self.keys.recovery(), self.broker_url or "1", nx=True, px=int(interval_s * 1000)))
+
+    def enqueued_running_jobs(self, count: int) -> list[str]:
+        """Of the last `count` jobs, those running or reducing whose messages were all sent."""
+        recent = self.recent_job_ids(count)
+        with self.r.pipeline(transaction=False) as p:
+            for job_id in recent:
+                p.hmget(self._job(job_id), "status", "t_enqueued")
+            rows = p.execute()
+        return [j for j, (status, enqueued) in zip(recent, rows) if status in ("running", "reducing") and enqueued]
+
+    def suspects(self, job_id: str) -> tuple[set[int], bool, float | None]:
+        """What the last check found unaccounted for: shards, the reduce, and when."""
+        raw = self.r.hgetall(self._part(job_id, "suspects"))
+        if not raw:
+            return set(), False, None
+        return set(json.loads(raw["shards"])), raw.get("reduce") == "1", float(raw["t"])
+
+    def set_suspects(self, job_id: str, shards: list[int], reduce: bool) -> None:
+        self.r.hset(self._part(job_id, "suspects"), mapping={"shards": json.dumps(sorted(shards)),
+                                                             "reduce": int(reduce), "t": time.time()})
 
     # -- batch timings and the report --------------------------------------------------------------
     def record_batch(self, job_id: str, record: dict) -> None:

@@ -1,16 +1,20 @@
 """The tensor store: resized uint8 images and their meta, keyed by a fingerprint, written atomically.
 
 The store is a cache, never the source of truth: a missing, truncated or corrupt entry is
-recomputed from the image. The float32 network input is built on load (normalise + pad),
-which gives exactly the bytes of preprocessing in one go.
+recomputed from the image, and a store that cannot be written (a full disk, a read-only folder)
+steps aside: one warning per process, its entries still read, nothing more written for a minute.
+The float32 network input is built on load (normalise + pad), which gives exactly the bytes of
+preprocessing in one go.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import struct
+import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +30,10 @@ from model.preprocess import ImageMeta, ImageReadError, load_image, resize_image
 FORMAT_VERSION = 1
 MAGIC = b"DCNSTORE"
 _LEN = struct.Struct("<I")
+UNWRITABLE_RETRY_S = 60.0  # a store that could not be written is tried again after this long
+
+log = logging.getLogger("tasks.store")
+_unwritable: dict[str, float] = {}  # store root -> when a write last failed (this process)
 
 
 @lru_cache(maxsize=1)
@@ -86,7 +94,10 @@ class TensorStore:
             return None
         if entry is None:
             self.recomputed += 1
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only store: the entry stays damaged, and is recomputed each time
         return entry
 
     @staticmethod
@@ -112,10 +123,26 @@ class TensorStore:
             return None
         return StoreEntry(meta, np.frombuffer(data, dtype=np.uint8).reshape(shape))
 
+    @property
+    def writable(self) -> bool:
+        """False for a minute after a write to this store failed in this process."""
+        failed = _unwritable.get(str(self.root))
+        return self.root is not None and (failed is None or time.monotonic() - failed > UNWRITABLE_RETRY_S)
+
     def put(self, key: str, resized: np.ndarray, meta: ImageMeta) -> None:
-        """Atomic: temp file in the same folder, fsync, os.replace; readers never see a partial entry."""
-        if self.root is None:
+        """Atomic: temp file in the same folder, fsync, os.replace; readers never see a partial entry. A write
+        that fails (full disk, read-only folder) leaves the store aside, with one warning."""
+        if self.root is None or not self.writable:
             return
+        try:
+            self._write(key, resized, meta)
+        except OSError as exc:
+            if str(self.root) not in _unwritable:
+                log.warning("tensor store %s cannot be written (%s): it steps aside, images are preprocessed "
+                            "where they are used", self.root, exc.strerror or exc)
+            _unwritable[str(self.root)] = time.monotonic()
+
+    def _write(self, key: str, resized: np.ndarray, meta: ImageMeta) -> None:
         data = np.ascontiguousarray(resized, dtype=np.uint8).tobytes()
         header = json.dumps({"key": key, "meta": meta.to_dict(), "shape": list(resized.shape),
                              "nbytes": len(data), "crc32": zlib.crc32(data)}).encode()
@@ -154,13 +181,12 @@ class TensorStore:
 
     @contextmanager
     def _claim(self, key: str):
-        """An exclusive flock on `.<key>.lock` beside the entry; the kernel drops it if its holder dies."""
-        if self.root is None:
+        """An exclusive flock on `.<key>.lock` beside the entry; the kernel drops it if its holder dies. A store
+        that cannot be written takes no lock: nobody would find an entry by waiting."""
+        fd = self._lock_file(key) if self.root is not None and self.writable else None
+        if fd is None:
             yield
             return
-        lock = self.path(key).with_name(f".{key}.lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -168,5 +194,13 @@ class TensorStore:
                 pass  # a filesystem without locks: at worst two processes make the same entry
             yield
         finally:
-            lock.unlink(missing_ok=True)  # still held: whoever misses from now on finds the entry, or makes it
-            os.close(fd)
+            self.path(key).with_name(f".{key}.lock").unlink(missing_ok=True)  # whoever misses from now on finds
+            os.close(fd)                                                      # the entry, or makes it
+
+    def _lock_file(self, key: str) -> int | None:
+        lock = self.path(key).with_name(f".{key}.lock")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError:
+            return None

@@ -16,6 +16,7 @@ from commandline import usage_error
 from tasks import context
 from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, apply
 from tasks.context import WorkerContext
+from tasks.outage import BROKER_TIMEOUT_S, stop_riding_out
 from tasks.settings import TIMINGS, ClusterTimings, Settings
 from tasks.state import JobState
 from workers.backends import backend_for_model, check_spec
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="this host's tensor store folder (default: the job's)")
     p.add_argument("--lease-ttl", type=float, default=TIMINGS.lease_ttl_s,
                    help=f"device lease TTL in seconds (default {TIMINGS.lease_ttl_s:g}); failover takes TTL + TTL/3")
+    p.add_argument("--broker-timeout", type=float, default=BROKER_TIMEOUT_S,
+                   help=f"seconds a Redis command waits through a broker outage before the task gives up (default "
+                        f"{BROKER_TIMEOUT_S:g}); the worker itself reconnects for as long as it takes")
     p.add_argument("--concurrency", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="processes of the preprocessing pool")
     p.add_argument("--loglevel", default="INFO")
@@ -56,10 +60,17 @@ def celery_argv(queues: list[str], pool: str, name: str, loglevel: str, concurre
             f"--hostname={name}", "--without-mingle", "--without-gossip", f"--loglevel={loglevel}"]
 
 
+def open_state(settings: Settings) -> JobState:
+    """Job state whose every command waits through a broker outage (up to --broker-timeout)."""
+    return JobState.open(settings.broker_url, settings.keys, settings.broker_timeout_s)
+
+
 def install_context(make: Callable[[], WorkerContext]) -> None:
-    """The worker's context, installed when Celery starts it and again in each prefork child (its own client)."""
+    """The worker's context, installed when Celery starts it and again in each prefork child (its own client).
+    Once the worker shuts down, its Redis commands stop waiting through a broker outage."""
     signals.worker_init.connect(lambda **_: context.install(make()), weak=False)
     signals.worker_process_init.connect(lambda **_: context.install(make()), weak=False)
+    signals.worker_shutting_down.connect(lambda **_: stop_riding_out(), weak=False)
 
 
 def run_device_worker(args, settings: Settings) -> int:
@@ -68,7 +79,7 @@ def run_device_worker(args, settings: Settings) -> int:
     from workers.reaper import Reaper, give_back
 
     timings = settings.timings
-    state = JobState.open(settings.broker_url, settings.keys)
+    state = open_state(settings)
     reaper = Reaper(state, timings.reap_interval_s).start()  # heals the cluster even while we wait
     lease = state.device_lease(args.device, timings.lease_ttl_s)
     runner = ShardRunner(state, lease, store_root=settings.store_root)
@@ -99,7 +110,7 @@ def run_preprocess_pool(args, settings: Settings) -> int:
     from tasks.streaming import ReduceFollower
     from workers.reaper import Reaper
 
-    state = JobState.open(settings.broker_url, settings.keys)
+    state = open_state(settings)
     reaper = Reaper(state, settings.timings.reap_interval_s, stragglers=True).start()
     follower = ReduceFollower(state).start()  # reads results as they are written: after the last, only COCOeval
     try:
@@ -108,7 +119,7 @@ def run_preprocess_pool(args, settings: Settings) -> int:
         else:
             queues, name = [PREPROCESS_QUEUE, REDUCE_QUEUE], f"cpu-pool-{os.getpid()}@{socket.gethostname()}"
             concurrency = max(1, args.concurrency)
-        install_context(lambda: WorkerContext(settings, JobState.open(settings.broker_url, settings.keys)))
+        install_context(lambda: WorkerContext(settings, open_state(settings)))
         app.worker_main(celery_argv(queues, "prefork", name, args.loglevel, concurrency))
         return 0
     finally:
@@ -142,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"model file not found ({args.model})")
         if args.lease_ttl <= 0:
             raise ValueError("the lease TTL must be positive (--lease-ttl)")
+        if args.broker_timeout <= 0:
+            raise ValueError("the broker timeout must be positive (--broker-timeout)")
     except ValueError as exc:
         return usage_error(exc)
     timings = TIMINGS if args.lease_ttl == TIMINGS.lease_ttl_s else ClusterTimings.with_ttl(args.lease_ttl)
     settings = apply(Settings(store_root=os.path.abspath(args.store) if args.store else None,
-                              timings=timings).with_broker(args.broker))
+                              timings=timings, broker_timeout_s=args.broker_timeout).with_broker(args.broker))
     if args.device:
         return run_device_worker(args, settings)
     return run_preprocess_pool(args, settings)

@@ -13,6 +13,7 @@ import numpy as np
 from model.postprocess import to_coco_results
 from model.preprocess import ImageReadError, clip_sizes, plan_geometry, to_network_input
 from tasks.lease import DeviceLease
+from tasks.outage import BROKER_ERRORS
 from tasks.params import JobParams
 from tasks.shards import input_shape, plan_batches
 from tasks.state import FINISHED, JobState
@@ -121,6 +122,8 @@ class ShardRunner:
         try:
             try:
                 backend = self.backend_for(params.backend, params.model, params.precision)
+            except BROKER_ERRORS:
+                raise
             except Exception as exc:
                 self.state.fail(job_id, f"backend {params.backend} cannot run on {self.host}/{self.device}: {exc}")
                 return {"error": str(exc), "device": self.device}
@@ -130,6 +133,8 @@ class ShardRunner:
                 raise
             except JobStopped as exc:
                 return {"skipped": f"{exc}: shard {shard} abandoned", "device": self.device}
+            except BROKER_ERRORS:
+                raise  # not the job's fault: the lease gives the shard back (tasks/outage.py rode out what it could)
             except Exception as exc:
                 self.state.fail(job_id, f"shard {shard} on {self.host}/{self.device}: {exc.__class__.__name__}: {exc}")
                 raise

@@ -1,4 +1,5 @@
-"""The reaper: gives back the shard of any lease that expired unreleased (DESIGN.md section 6).
+"""The reaper: gives back the shard of any lease that expired unreleased (DESIGN.md section 6), and
+enqueues again what a broker restart lost (tasks/recovery.py).
 
 The orchestrator and every device worker run one, so a cluster without a live orchestrator
 still heals. A dead holder's shard is re-enqueued at the front of the infer queue within
@@ -12,6 +13,7 @@ import time
 
 from tasks.lease import describe_holder
 from tasks.periodic import Periodic
+from tasks.recovery import recover_lost_work
 from tasks.state import FINISHED, JobState
 from workers.stragglers import reissue_stragglers
 
@@ -53,6 +55,7 @@ class Reaper:
     def _round(self) -> None:
         if time.monotonic() >= self._next_reap - 1e-3:
             reap_once(self.state)
+            recover_lost_work(self.state, self.interval_s)
             self._next_reap = time.monotonic() + self.interval_s
         if self.stragglers:
             reissue_stragglers(self.state)

@@ -5,12 +5,14 @@
 -- ARGV[1] the writer's fencing number, ARGV[2] shard, ARGV[3] payload (JSON), ARGV[4] images in the payload,
 -- ARGV[5] of those, images the writer read from the tensor store
 -- Returns {status, shards_done}: status 1 written, 0 already written (duplicate), -1 stale fencing number.
+-- The same payload again (a client's retry after a reply lost on the way back) is 1 again, counted once.
 local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) < newest then
   return {-1, 0}
 end
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
-  return {0, tonumber(redis.call('HGET', KEYS[3], 'shards_done') or '0')}
+  local replay = redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[3]
+  return {replay and 1 or 0, tonumber(redis.call('HGET', KEYS[3], 'shards_done') or '0')}
 end
 redis.call('HINCRBY', KEYS[3], 'images_done', ARGV[4])
 redis.call('HINCRBY', KEYS[3], 'device_store_hits', ARGV[5])

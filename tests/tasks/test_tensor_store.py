@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import subprocess
@@ -73,18 +74,26 @@ def test_any_setting_change_gives_a_new_key(image, monkeypatch):
     assert fingerprint(data, "static", 1216) not in keys
 
 
-def test_write_is_atomic_and_leaves_no_temp_file(tmp_path, image, monkeypatch):
+def test_a_failed_write_leaves_no_temp_file_and_the_store_steps_aside(tmp_path, image, monkeypatch, caplog):
     store = TensorStore(tmp_path / "store")
+    reference = TensorStore(None).load(image, "static", 1216).network_input()
 
     def crash(src, dst):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
-        store.load(image, "static", 1216)
+    with caplog.at_level(logging.WARNING, logger="tasks.store"):
+        first = store.load(image, "static", 1216)
+        second = TensorStore(tmp_path / "store").load(image, "static", 1216)  # the next shard's store
+    assert np.array_equal(first.network_input(), reference) and np.array_equal(second.network_input(), reference)
     assert entries(tmp_path / "store") == []  # no partial entry, no temp file left
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.store"]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0] and "steps aside" in warnings[0]
     monkeypatch.undo()
-    store.load(image, "static", 1216)
-    assert [p.suffix for p in entries(tmp_path / "store")] == [".img"]
+    TensorStore(tmp_path / "store").load(image, "static", 1216)
+    assert entries(tmp_path / "store") == []  # aside for a minute: nothing written yet
+    monkeypatch.setattr(store_module, "UNWRITABLE_RETRY_S", 0.0)
+    TensorStore(tmp_path / "store").load(image, "static", 1216)
+    assert [p.suffix for p in entries(tmp_path / "store")] == [".img"]  # written again once the minute is over
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_pixel", "garbage_header"])

@@ -1,0 +1,150 @@
+"""Riding out a broker outage: what counts as one, how long a process waits, and how it says so once.
+
+Two ways, for two kinds of process:
+- a worker's Redis client retries every command itself (`RideOutRetry`, given to redis-py), backing off up
+  to every 2 s, for up to `broker_timeout_s`: a shard, a heartbeat or the reducer simply resumes where it was
+  when Redis answers again; the first failure and the recovery are logged once each.
+- a command a person watches (submit, resume, status) keeps its client's retries short and loops itself
+  (`Outage.call`), so that it can keep the progress bar and the embedded cluster's supervision going while
+  it waits, and give up after `--broker-timeout` with one line and its own exit code.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Callable, TypeVar
+
+import kombu.exceptions
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+BROKER_TIMEOUT_S = 600.0  # how long a process waits for an unreachable broker before it gives up
+BROKER_UNREACHABLE_EXIT = 3  # a command's exit code when it gave up on the broker (the job stays resumable)
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.1, 2.0
+
+# redis-py's ConnectionError covers a refused or reset connection and a Redis still loading its AOF
+# (BusyLoadingError); kombu raises OperationalError when it cannot publish.
+BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, socket.timeout, kombu.exceptions.OperationalError)
+
+T = TypeVar("T")
+log = logging.getLogger("tasks.outage")
+
+
+_shutting_down = threading.Event()
+
+
+def stop_riding_out() -> None:
+    """The process is shutting down: from now on a command fails at once instead of waiting for the broker
+    (a worker's warm shutdown must not wait out an outage, nor a cluster that is gone)."""
+    _shutting_down.set()
+
+
+class BrokerUnreachable(RuntimeError):
+    """The broker did not answer for longer than the process was told to wait."""
+
+
+def describe(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}".split("\n")[0]
+
+
+class RideOutRetry(Retry):
+    """redis-py's retry with a time budget instead of a count; the process logs the outage once, whichever thread
+    meets it first, and its end once. A retry inside a retry (redis-py reconnects under a command's retry) runs
+    once: the outer one waits."""
+
+    _nested = threading.local()
+    _lock = threading.Lock()
+    _since: float | None = None  # when this process first met the outage
+
+    def __init__(self, budget_s: float, logger: logging.Logger = log):
+        super().__init__(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), -1,
+                         (redis.ConnectionError, redis.TimeoutError, socket.timeout))
+        self.budget_s = budget_s
+        self.log = logger
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        if getattr(self._nested, "depth", 0):
+            return do()
+        self._nested.depth = 1
+        try:
+            return self._retry(do, fail, with_failure_count)
+        finally:
+            self._nested.depth = 0
+
+    def _retry(self, do, fail, with_failure_count):
+        failures, since = 0, None
+        while True:
+            try:
+                result = do()
+            except self._supported_errors as error:
+                failures += 1
+                fail(error, failures) if with_failure_count else fail(error)
+                since = since or time.monotonic()
+                self._announce(error)
+                if time.monotonic() - since > self.budget_s or _shutting_down.is_set():
+                    raise
+                time.sleep(self._backoff.compute(failures))
+            else:
+                if failures:
+                    self._recovered()
+                return result
+
+    def _announce(self, error: BaseException) -> None:
+        with self._lock:
+            if RideOutRetry._since is None:
+                RideOutRetry._since = time.monotonic()
+                self.log.warning("broker unreachable (%s), retrying for up to %.0f s", describe(error),
+                                 self.budget_s)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            if RideOutRetry._since is not None:
+                self.log.warning("broker back after %.1f s", time.monotonic() - RideOutRetry._since)
+                RideOutRetry._since = None
+
+
+class Outage:
+    """A command's patience with the broker: `call(fn)` retries `fn` until it works or `timeout_s` passes.
+
+    `say(line)` is called once when an outage begins and once when it ends; `waiting(seconds)` on every retry
+    (a progress bar shows it); `tick()` on every retry too (the embedded cluster restarts its Redis there).
+    """
+
+    def __init__(self, timeout_s: float = BROKER_TIMEOUT_S, say: Callable[[str], None] | None = None,
+                 waiting: Callable[[float], None] | None = None, tick: Callable[[], None] | None = None):
+        self.timeout_s = timeout_s
+        self.say = say or (lambda line: None)
+        self.waiting = waiting or (lambda seconds: None)
+        self.tick = tick or (lambda: None)
+        self.since: float | None = None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        backoff = ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+        failures = 0
+        while True:
+            try:
+                result = fn()
+            except BROKER_ERRORS as exc:
+                failures += 1
+                self._failed(exc)
+                time.sleep(backoff.compute(failures))
+                self.tick()
+            else:
+                if self.since is not None:
+                    self.say(f"broker back after {time.monotonic() - self.since:.0f} s")
+                    self.since = None
+                return result
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            self.say(f"broker unreachable ({describe(exc)}), retrying for up to {self.timeout_s:.0f} s "
+                     "(--broker-timeout)")
+        waited = now - self.since
+        if waited > self.timeout_s:
+            raise BrokerUnreachable(f"broker unreachable for {waited:.0f} s (--broker-timeout)")
+        self.waiting(waited)

@@ -1,0 +1,82 @@
+"""Work a broker restart lost: shards of a running job that nothing will run, a reduce that nobody will do.
+
+Redis writes its append-only file every second (appendfsync everysec): a crash loses up to the last second
+of writes, among them a queued message, a lease record, a shard result or the reduce message. A shard is
+unaccounted for when it has no result, no message waits for it in the infer queue and no live device lease
+marks it; a job's reduce when every shard has a result, the job is not finished, no reduce message waits
+and no reducer holds its lease. What two checks in a row (at least a reaper interval apart, the checks
+shared by every reaper through Redis) find unaccounted for is lost, and enqueued again, once per check.
+A late original still counts once: results are written once and fenced (tasks/lua/write_result.lua).
+`resume` uses the same accounting for a job whose orchestrator died.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from tasks.app import INFER_QUEUE, REDUCE_QUEUE
+from tasks.state import JobState
+
+log = logging.getLogger("tasks.recovery")
+RECENT_JOBS = 50  # how far back in the job list the check looks
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Where each shard of a job without a result is, now."""
+
+    missing: list[int]  # shards without a result
+    queued: set[int]  # ... with an infer message waiting
+    in_flight: dict[int, str]  # ... that a device holding a live lease runs (shard -> host/device)
+    reduce_queued: bool
+
+    @property
+    def unaccounted(self) -> list[int]:
+        return [s for s in self.missing if s not in self.queued and s not in self.in_flight]
+
+
+def account(state: JobState, job_id: str) -> Accounting:
+    queued = {int(t.kwargs["shard"]) for t in state.queued([INFER_QUEUE], job_id)
+              if t.name == "evaluator.infer" and "shard" in t.kwargs}
+    return Accounting(state.shards_without_result(job_id), queued, state.leases.shards_in_flight(job_id),
+                      bool(state.queued([REDUCE_QUEUE], job_id)))
+
+
+def reduce_unaccounted(state: JobState, job_id: str, accounting: Accounting) -> bool:
+    return not accounting.missing and not accounting.reduce_queued and not state.reducer_held(job_id)
+
+
+def recover_job(state: JobState, job_id: str, min_age_s: float) -> list[int | str]:
+    """Re-enqueue what this check and the one before (at least `min_age_s` ago) both found unaccounted for."""
+    accounting = account(state, job_id)
+    shards, reduce = accounting.unaccounted, reduce_unaccounted(state, job_id, accounting)
+    before, reduce_before, t_before = state.suspects(job_id)
+    state.set_suspects(job_id, shards, reduce)
+    if t_before is None or time.time() - t_before < min_age_s:
+        return []
+    lost: list[int | str] = [s for s in shards if s in before]
+    batch = state.params(job_id).batch
+    for shard in lost:
+        state.tasks.infer(job_id, shard, batch, redelivered_from="lost message")
+        log.warning("re-enqueued shard %d of job %s: no result, no message, no device on it (lost by the broker)",
+                    shard, job_id)
+    if reduce and reduce_before:
+        state.allow_reduce_again(job_id)
+        if state.claim_reduce(job_id):
+            state.tasks.reduce(job_id)
+            log.warning("re-enqueued the reduce of job %s: every shard has a result and nobody reduces it", job_id)
+            lost.append("reduce")
+    return lost
+
+
+def recover_lost_work(state: JobState, interval_s: float) -> dict[str, list[int | str]]:
+    """One cluster-wide check per `interval_s` (whichever reaper claims it): {job: what was re-enqueued}."""
+    if not state.claim_recovery_round(interval_s * 0.9):
+        return {}
+    found = {}
+    for job_id in state.enqueued_running_jobs(RECENT_JOBS):
+        lost = recover_job(state, job_id, interval_s * 0.9)
+        if lost:
+            found[job_id] = lost
+    return found

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from commandline import UsageError
-from orchestrator.cli import add_broker_arg, open_state
+from orchestrator.cli import add_broker_arg, broker_tls, open_state
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.control import resume_job
 from orchestrator.jobs import Watcher, live_devices
@@ -68,7 +68,8 @@ def resume_and_follow(args, state: JobState, watcher: Watcher) -> int:
 def run(args) -> int:
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
     if args.broker:
-        return resume_and_follow(args, open_state(args.broker), Watcher(timings, None, args.timeout))
+        state = open_state(args.broker, broker_tls(args))
+        return resume_and_follow(args, state, Watcher(timings, None, args.timeout))
     if args.no_wait:
         raise UsageError("--no-wait needs a running cluster: the embedded one stops when resume ends (--no-wait)")
     folder = embedded_folder(Path(args.run_dir or DEFAULT_RUN_ROOT).resolve(), args.job)

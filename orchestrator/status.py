@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from commandline import UsageError
-from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, broker_tls, open_state
 from tasks.lease import describe_holder
 from tasks.state import JobState
 
@@ -52,7 +52,7 @@ def folder_status(run_dir: Path, job: str | None) -> int:
 
 def run(args) -> int:
     if args.broker:
-        return live_status(open_state(args.broker), args.job)
+        return live_status(open_state(args.broker, broker_tls(args)), args.job)
     return folder_status(Path(args.run_dir), args.job)
 
 

@@ -15,6 +15,7 @@ from tasks.lease import DeviceLease, Lease, LeaseRegistry
 from tasks.params import JobParams
 from tasks.queues import QueuedTask, queued_tasks, remove_queued
 from tasks.scripts import Scripts
+from tasks.settings import BrokerTls, uses_tls
 
 STATUSES = ("queued", "running", "reducing", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -23,15 +24,23 @@ FINISHED = ("done", "failed", "cancelled")
 BrokerError = redis.RedisError  # what a Redis that does not answer raises
 
 
-def connect(url: str) -> redis.Redis:
-    """A decoded-string client; redis-py's pool reconnects after a fork."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+def tls_options(url: str, tls: BrokerTls | None = None) -> dict:
+    """redis-py's ssl_* keywords for a rediss:// URL (tls None: the files the environment names); none for redis://."""
+    if not uses_tls(url):
+        return {}
+    return (tls if tls is not None else BrokerTls.from_env()).ssl_options()
 
 
-def answers(url: str, timeout_s: float = 0.5) -> bool:
+def connect(url: str, tls: BrokerTls | None = None) -> redis.Redis:
+    """A decoded-string client; redis-py's pool reconnects after a fork. rediss:// verifies the server against
+    `tls.ca` and presents `tls.cert`."""
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **tls_options(url, tls))
+
+
+def answers(url: str, timeout_s: float = 0.5, tls: BrokerTls | None = None) -> bool:
     """Whether a Redis answers PING at `url` now (a server just started, say)."""
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s).ping())
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s, **tls_options(url, tls)).ping())
     except redis.RedisError:
         return False
 
@@ -42,17 +51,19 @@ class JobState:
     `broker_url` (what `open` gives) lets it send tasks too (`tasks`, tasks/enqueue.py).
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys | None = None, broker_url: str | None = None):
+    def __init__(self, client: redis.Redis, keys: Keys | None = None, broker_url: str | None = None,
+                 tls: BrokerTls | None = None):
         self.r = client
         self.keys = keys or Keys(prefix_from_env())
         self.broker_url = broker_url
+        self.tls = tls if tls is not None else BrokerTls.from_env()  # the task sender's connection uses the same files
         self.scripts = Scripts(client)
         self.leases = LeaseRegistry(client, self.keys)
         self._enqueuer = None
 
     @classmethod
-    def open(cls, url: str, keys: Keys | None = None) -> "JobState":
-        return cls(connect(url), keys, url)
+    def open(cls, url: str, keys: Keys | None = None, tls: BrokerTls | None = None) -> "JobState":
+        return cls(connect(url, tls), keys, url, tls)
 
     @property
     def tasks(self):

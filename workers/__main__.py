@@ -16,7 +16,7 @@ from commandline import usage_error
 from tasks import context
 from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, apply
 from tasks.context import WorkerContext
-from tasks.settings import TIMINGS, ClusterTimings, Settings
+from tasks.settings import TIMINGS, BrokerTls, ClusterTimings, Settings, broker_from_env
 from tasks.state import JobState
 from workers.backends import backend_for_model, check_spec
 from workers.devices import parse_device
@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     role.add_argument("--reduce", action="store_true",
                       help="run only the reducer (reduce queue, one process): a service of its own beside the pool")
     p.add_argument("--broker", help="Redis URL (default: $EVALUATOR_BROKER or redis://127.0.0.1:6379/0)")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA certificate that signed a rediss:// broker's "
+                                                    "(default: $EVALUATOR_TLS_CA, else the system's CAs)")
+    p.add_argument("--tls-cert", metavar="FILE", help="this worker's certificate, for a broker that asks for one "
+                                                      "(default: $EVALUATOR_TLS_CERT)")
+    p.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert (default: $EVALUATOR_TLS_KEY)")
     p.add_argument("--backend", help="load this backend now (groundtruth, sim:113ms, onnxruntime, torch, ascend); "
                                      "jobs name their own, this only preloads")
     p.add_argument("--model", help="model file to preload (.pth, .onnx, .om)")
@@ -68,7 +73,7 @@ def run_device_worker(args, settings: Settings) -> int:
     from workers.reaper import Reaper, give_back
 
     timings = settings.timings
-    state = JobState.open(settings.broker_url, settings.keys)
+    state = JobState.open(settings.broker_url, settings.keys, settings.tls)
     reaper = Reaper(state, timings.reap_interval_s).start()  # heals the cluster even while we wait
     lease = state.device_lease(args.device, timings.lease_ttl_s)
     runner = ShardRunner(state, lease, store_root=settings.store_root)
@@ -99,7 +104,7 @@ def run_preprocess_pool(args, settings: Settings) -> int:
     from tasks.streaming import ReduceFollower
     from workers.reaper import Reaper
 
-    state = JobState.open(settings.broker_url, settings.keys)
+    state = JobState.open(settings.broker_url, settings.keys, settings.tls)
     reaper = Reaper(state, settings.timings.reap_interval_s, stragglers=True).start()
     follower = ReduceFollower(state).start()  # reads results as they are written: after the last, only COCOeval
     try:
@@ -108,7 +113,8 @@ def run_preprocess_pool(args, settings: Settings) -> int:
         else:
             queues, name = [PREPROCESS_QUEUE, REDUCE_QUEUE], f"cpu-pool-{os.getpid()}@{socket.gethostname()}"
             concurrency = max(1, args.concurrency)
-        install_context(lambda: WorkerContext(settings, JobState.open(settings.broker_url, settings.keys)))
+        install_context(lambda: WorkerContext(settings, JobState.open(settings.broker_url, settings.keys,
+                                                                      settings.tls)))
         app.worker_main(celery_argv(queues, "prefork", name, args.loglevel, concurrency))
         return 0
     finally:
@@ -142,11 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"model file not found ({args.model})")
         if args.lease_ttl <= 0:
             raise ValueError("the lease TTL must be positive (--lease-ttl)")
+        tls = BrokerTls.from_flags(args.broker or broker_from_env(), args.tls_ca, args.tls_cert, args.tls_key)
     except ValueError as exc:
         return usage_error(exc)
     timings = TIMINGS if args.lease_ttl == TIMINGS.lease_ttl_s else ClusterTimings.with_ttl(args.lease_ttl)
     settings = apply(Settings(store_root=os.path.abspath(args.store) if args.store else None,
-                              timings=timings).with_broker(args.broker))
+                              timings=timings, tls=tls).with_broker(args.broker))
     if args.device:
         return run_device_worker(args, settings)
     return run_preprocess_pool(args, settings)

@@ -51,7 +51,7 @@ def _hint(url: str, tls: BrokerTls, error: str) -> str:
     """What a refused connection most likely means, when the error alone does not say it."""
     if not uses_tls(url) and ("reset" in error or "closed" in error):
         return "; a TLS-only Redis drops plain connections: is it rediss://?"
-    if uses_tls(url) and "EOF occurred" in error and not tls.cert:
+    if uses_tls(url) and not tls.cert and ("EOF occurred" in error or "CERTIFICATE_REQUIRED" in error):
         return "; a Redis that asks for a client certificate drops connections without one: --tls-cert, --tls-key"
     return ""
 

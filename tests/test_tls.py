@@ -2,18 +2,15 @@
 on it too), and plain, wrong-password or unverifiable connections to it are refused in one line, exit 2."""
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import ssl
-import urllib.error
-import urllib.request
 
 import pytest
 
 from orchestrator.__main__ import main
 from orchestrator.cluster import free_port
-from real_processes import run_cli, wait_for
+from real_processes import get_json, run_cli, wait_for
 from tasks.settings import TLS_ENV, BrokerTls, Settings, celery_config
 from tasks.state import JobState
 from tls_broker import PASSWORD, make_certificates, start_tls_broker
@@ -93,19 +90,6 @@ def test_the_tls_files_go_to_every_client_of_a_rediss_broker_and_to_none_of_a_pl
     assert state.r.llen(state.keys.queue("reduce")) == 1
 
 
-def get(url: str, login: str | None = LOGIN):
-    request = urllib.request.Request(url)
-    if login:
-        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, None
-
-
 @pytest.mark.slow
 def test_a_job_runs_through_a_tls_only_broker(tls_broker, tls_url, processes, selftest_set, tmp_path, monkeypatch):
     flags = tls_broker.flags()
@@ -133,8 +117,8 @@ def test_a_job_runs_through_a_tls_only_broker(tls_broker, tls_url, processes, se
         env.setenv("FLOWER_BASIC_AUTH", LOGIN)
         processes.spawn("dashboard", ["-m", "orchestrator", "dashboard", "--broker", tls_url,
                                       "--port", base.rsplit(":", 1)[1]], tls_url)
-    workers = wait_for(lambda: get(base + "/api/workers?refresh=1")[1], 60, 0.5,
+    workers = wait_for(lambda: get_json(base + "/api/workers?refresh=1", LOGIN)[1], 60, 0.5,
                        what="Flower to reach the workers over the TLS broker")
     assert any(name.startswith("cpu:0-") for name in workers) and any(n.startswith("cpu-pool-") for n in workers)
-    status_code, queues = get(base + "/api/queues/length")
+    status_code, queues = get_json(base + "/api/queues/length", LOGIN)
     assert status_code == 200 and {q["name"] for q in queues["active_queues"]} >= {"infer", "preprocess"}

@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import urllib.error
-import urllib.request
-from email.message import Message
 from pathlib import Path
 
 import cv2
@@ -15,7 +12,7 @@ import flower.app
 import numpy as np
 import pytest
 
-from real_processes import run_cli, wait_for
+from real_processes import get_json, http, run_cli, wait_for
 from orchestrator.__main__ import main
 from orchestrator.cluster import free_port
 from orchestrator.flower_gate import logged_in
@@ -38,30 +35,7 @@ def write_small_set(folder, n=8):
 
 def get(url: str, login: str | None = LOGIN):
     """(HTTP status, parsed JSON or None); (0, None) while nothing listens."""
-    request = urllib.request.Request(url)
-    if login:
-        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, None
-
-
-def send(url: str, method: str = "GET", login: str | None = None) -> tuple[int, Message | dict, bytes]:
-    """(HTTP status, headers, body) of one request; (0, {}, b"") while nothing listens."""
-    request = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
-    if login:
-        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, {}, b""
+    return get_json(url, login)
 
 
 def flower_paths() -> list[tuple[str, str]]:
@@ -107,8 +81,8 @@ def test_every_dashboard_path_but_the_healthcheck_needs_the_login(redis_url, pro
     base = f"http://127.0.0.1:{port}"
     dashboard = processes.spawn("dashboard", ["-m", "orchestrator", "dashboard", "--broker", redis_url,
                                               "--port", str(port)], redis_url)
-    wait_for(lambda: send(base + "/healthcheck")[0] == 200, 60, what="Flower to answer its healthcheck")
-    assert send(base + "/healthcheck")[2] == b"OK"
+    wait_for(lambda: http(base + "/healthcheck")[0] == 200, 60, what="Flower to answer its healthcheck")
+    assert http(base + "/healthcheck")[2] == b"OK"
     (line,) = [x for x in processes.log(dashboard).splitlines() if x.startswith("dashboard: ")]
     assert f"http://127.0.0.1:{port}/ listening on 127.0.0.1 only; login required" in line, line
     if Path("/proc/net/tcp").exists():
@@ -120,12 +94,12 @@ def test_every_dashboard_path_but_the_healthcheck_needs_the_login(redis_url, pro
         if pattern == "/healthcheck":
             continue
         for method in ("GET", "POST", "OPTIONS"):
-            status, headers, body = send(base + path, method)
+            status, headers, body = http(base + path, method)
             assert (status, headers.get("WWW-Authenticate"), body) == (401, 'Basic realm="flower"',
                                                                        b"login required"), (method, path)
-        assert send(base + path, login="ops:wrong")[0] == 401, path
-        assert send(base + path, login=LOGIN)[0] != 401, path  # the login opens every one of them
-    status, _, body = send(base + "/metrics", login=LOGIN)
+        assert http(base + path, login="ops:wrong")[0] == 401, path
+        assert http(base + path, login=LOGIN)[0] != 401, path  # the login opens every one of them
+    status, _, body = http(base + "/metrics", login=LOGIN)
     assert status == 200 and b"flower_" in body  # what /metrics told anyone before
 
 

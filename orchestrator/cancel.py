@@ -5,14 +5,14 @@ import argparse
 import sys
 
 from commandline import UsageError
-from orchestrator.cli import add_broker_arg, open_state
+from orchestrator.cli import add_broker_arg, broker_tls, open_state
 from orchestrator.control import active_tasks, cancel_job, wait_stopped
 
 
 def run(args) -> int:
     if not args.broker:
         raise UsageError("cancel needs the job's broker; an embedded job stops with its submit (Ctrl-C) (--broker)")
-    state = open_state(args.broker)
+    state = open_state(args.broker, broker_tls(args))
     if not state.exists(args.job):
         raise UsageError(f"no job {args.job} on this broker ({args.broker})")
     outcome = cancel_job(state, args.job)

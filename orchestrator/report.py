@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from commandline import UsageError
-from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, broker_tls, open_state
 from orchestrator.reporting.data import collect, sweep_reports
 from orchestrator.reporting.writer import publish, publish_sweep, rewrite_job
 from tasks.reduce import reduce_job
@@ -26,7 +26,7 @@ def sweep_report(root: Path, sweep_id: str, state: JobState | None = None) -> in
 
 
 def from_broker(args, root: Path) -> int:
-    state = open_state(args.broker)
+    state = open_state(args.broker, broker_tls(args))
     if not state.exists(args.job):
         if sweep_reports(state, args.job):
             return sweep_report(root, args.job, state)

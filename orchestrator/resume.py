@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from commandline import UsageError
-from orchestrator.cli import add_broker_arg, add_broker_timeout_arg, check_broker_timeout, open_state
+from orchestrator.cli import add_broker_arg, add_broker_timeout_arg, broker_tls, check_broker_timeout, open_state
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.control import resume_job
 from orchestrator.jobs import Watcher, live_devices
@@ -74,8 +74,8 @@ def run(args) -> int:
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
     check_broker_timeout(args)
     if args.broker:
-        return resume_and_follow(args, open_state(args.broker),
-                                 Watcher(timings, None, args.timeout, args.broker_timeout))
+        state = open_state(args.broker, broker_tls(args))
+        return resume_and_follow(args, state, Watcher(timings, None, args.timeout, args.broker_timeout))
     if args.no_wait:
         raise UsageError("--no-wait needs a running cluster: the embedded one stops when resume ends (--no-wait)")
     folder = embedded_folder(Path(args.run_dir or DEFAULT_RUN_ROOT).resolve(), args.job)

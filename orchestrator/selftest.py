@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.cli import add_broker_arg, add_run_dir_arg, open_state, positive_int
+from orchestrator.cli import add_broker_arg, add_run_dir_arg, broker_tls, open_state, positive_int
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.jobs import JobFailed, new_job_id, submit_job, wait_job
 from orchestrator.reporting.writer import write_run_files
@@ -61,8 +61,8 @@ def run(args) -> int:
           f"empty image, boxes on borders) through the groundtruth backend; run folder {run_root}", file=sys.stderr)
     try:
         if args.broker:
-            passed = run_jobs(open_state(args.broker), ann, img, store, args.batch, args.size_mode,
-                              args.static_size, run_root)
+            state = open_state(args.broker, broker_tls(args))
+            passed = run_jobs(state, ann, img, store, args.batch, args.size_mode, args.static_size, run_root)
         else:
             with LocalCluster(run_root, args.devices.split(","), backend="groundtruth") as cluster:
                 passed = run_jobs(open_state(cluster.url), ann, img, store, args.batch, args.size_mode,

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from commandline import UsageError
-from orchestrator.cli import add_broker_arg, add_broker_timeout_arg, add_run_dir_arg, check_broker_timeout, open_state
+from orchestrator.cli import (add_broker_arg, add_broker_timeout_arg, add_run_dir_arg, broker_tls, check_broker_timeout,
+                              open_state)
 from tasks.lease import describe_holder
 from tasks.outage import BROKER_TIMEOUT_S, BROKER_UNREACHABLE_EXIT, BrokerUnreachable, Outage
 from tasks.state import JobState
@@ -66,7 +67,7 @@ def folder_status(run_dir: Path, job: str | None) -> int:
 
 def run(args) -> int:
     if args.broker:
-        return live_status(open_state(args.broker), args.job, check_broker_timeout(args))
+        return live_status(open_state(args.broker, broker_tls(args)), args.job, check_broker_timeout(args))
     return folder_status(Path(args.run_dir), args.job)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from commandline import UsageError
 from orchestrator.bins import report_line, write_bins
-from orchestrator.cli import (add_broker_arg, add_broker_timeout_arg, add_run_dir_arg, check_broker_timeout,
+from orchestrator.cli import (add_broker_arg, add_broker_timeout_arg, add_run_dir_arg, broker_tls, check_broker_timeout,
                               open_state, positive_int)
 from orchestrator.cluster import ClusterError, LocalCluster
 from orchestrator.dashboard import AUTH_ENV, start_dashboard
@@ -134,7 +134,7 @@ def run(args) -> int:
         print(sample_banner(submission.jobs[0].to_dict()), file=sys.stderr)
     timings = ClusterTimings.with_ttl(args.lease_ttl) if args.lease_ttl else TIMINGS
     if args.broker:
-        state = open_state(args.broker)
+        state = open_state(args.broker, broker_tls(args))
         watcher = Watcher(timings, None, args.timeout, args.broker_timeout)
         return submission.run(state, max(1, live_devices(state, warn=True)), watcher)
     first = submission.jobs[0]

@@ -7,6 +7,7 @@ in the job so that `cancel` can revoke it.
 from __future__ import annotations
 
 from tasks.app import app
+from tasks.settings import uses_tls
 
 INFER_PRIORITY = 6  # Redis lists are polled by priority, 0 first:
 REDELIVERY_PRIORITY = 0  # a shard given back by the reaper jumps the queue
@@ -17,9 +18,10 @@ class Enqueuer:
 
     def __init__(self, state, broker_url: str):
         self.state = state
-        # kombu's keys under this deployment's prefix, whatever the process's own settings say
+        # kombu's keys under this deployment's prefix and TLS as the state's, whatever the process's settings say
         self.connection = app.connection_for_write(
-            broker_url, transport_options={"global_keyprefix": state.keys.kombu_prefix})
+            broker_url, transport_options={"global_keyprefix": state.keys.kombu_prefix},
+            ssl=state.tls.ssl_options() if uses_tls(broker_url) else False)
 
     def _send(self, job_id: str, name: str, kwargs: dict, priority: int | None = None) -> str:
         result = app.send_task(name, kwargs=kwargs, priority=priority, connection=self.connection,

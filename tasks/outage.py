@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import Callable, TypeVar
@@ -44,6 +45,13 @@ def stop_riding_out() -> None:
 
 class BrokerUnreachable(RuntimeError):
     """The broker did not answer for longer than the process was told to wait."""
+
+
+def refused(exc: BaseException) -> bool:
+    """The broker answered and said no (a wrong password, a certificate it or we do not trust): waiting cannot
+    help, unlike a broker that is away."""
+    return isinstance(exc, redis.AuthenticationError) or \
+        isinstance(exc.__cause__, ssl.SSLError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc)
 
 
 def describe(exc: BaseException) -> str:
@@ -82,6 +90,8 @@ class RideOutRetry(Retry):
             except self._supported_errors as error:
                 failures += 1
                 fail(error, failures) if with_failure_count else fail(error)
+                if refused(error):
+                    raise
                 since = since or time.monotonic()
                 self._announce(error)
                 if time.monotonic() - since > self.budget_s or _shutting_down.is_set():

@@ -1,12 +1,15 @@
 """One settings object per process: the broker, the key prefix, the tensor store, the cluster timings.
 
-An entry point builds it once (its flags over the environment: EVALUATOR_BROKER, EVALUATOR_PREFIX) and
-applies it to the Celery app with `config_from_object` before anything connects (tasks/app.py `apply`).
+An entry point builds it once (its flags over the environment: EVALUATOR_BROKER, EVALUATOR_PREFIX,
+EVALUATOR_TLS_CA / _CERT / _KEY) and applies it to the Celery app with `config_from_object` before anything
+connects (tasks/app.py `apply`).
 """
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 from tasks.keys import Keys, prefix_from_env
 from tasks.outage import BROKER_TIMEOUT_S
@@ -20,6 +23,60 @@ BROKER_ENV = "EVALUATOR_BROKER"
 def broker_from_env() -> str:
     """The broker URL a process uses when none is given on the command line."""
     return os.environ.get(BROKER_ENV, DEFAULT_BROKER)
+
+
+TLS_ENV = {"ca": "EVALUATOR_TLS_CA", "cert": "EVALUATOR_TLS_CERT", "key": "EVALUATOR_TLS_KEY"}
+TLS_FLAGS = {"ca": "--tls-ca", "cert": "--tls-cert", "key": "--tls-key"}
+
+
+def uses_tls(url: str) -> bool:
+    """Whether a broker URL asks for TLS (`rediss://`)."""
+    return urlsplit(url).scheme == "rediss"
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The files of a `rediss://` connection: the CA that signed the server's certificate (None: the system's
+    CAs), and this client's certificate and key for a server that asks for one (Redis' tls-auth-clients)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "BrokerTls":
+        return cls(**{name: os.environ.get(env) or None for name, env in TLS_ENV.items()})
+
+    @classmethod
+    def from_flags(cls, url: str, ca: str | None = None, cert: str | None = None,
+                   key: str | None = None) -> "BrokerTls":
+        """The files for the broker at `url`, flags over the environment (whose files matter to rediss:// alone).
+        ValueError, one line naming the flag or variable: a file that is not there, a certificate without its key,
+        a flag given for a plain redis:// broker."""
+        given = {"ca": ca, "cert": cert, "key": key}
+        if not uses_tls(url):
+            flags = [TLS_FLAGS[name] for name, value in given.items() if value]
+            if flags:
+                raise ValueError(f"TLS files are for a rediss:// broker, not {urlsplit(url).scheme}:// ({flags[0]})")
+            return cls()
+        files, sources = {}, {}
+        for name, env in TLS_ENV.items():
+            from_env = not given[name] and os.environ.get(env)
+            path, sources[name] = (from_env, env) if from_env else (given[name], TLS_FLAGS[name])
+            if path and not os.path.isfile(path):
+                raise ValueError(f"TLS file not found: {path} ({sources[name]})")
+            files[name] = os.path.abspath(path) if path else None
+        if bool(files["cert"]) != bool(files["key"]):
+            missing = "key" if files["cert"] else "cert"
+            raise ValueError(f"a client certificate needs its key and a key its certificate ({sources[missing]})")
+        return cls(**files)
+
+    def ssl_options(self) -> dict:
+        """redis-py's ssl_* keywords, which Celery's broker_use_ssl and redis_backend_use_ssl take as they are:
+        the server's certificate and host name are always verified."""
+        options = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": self.ca, "ssl_certfile": self.cert,
+                   "ssl_keyfile": self.key}
+        return {k: v for k, v in options.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -53,6 +110,7 @@ class Settings:
     store_root: str | None = None  # a worker's own tensor store folder (None: the job's)
     timings: ClusterTimings = TIMINGS
     broker_timeout_s: float = BROKER_TIMEOUT_S  # how long a Redis command of a worker waits through an outage
+    tls: BrokerTls = field(default_factory=BrokerTls.from_env)  # used when broker_url is rediss://
 
     @property
     def keys(self) -> Keys:
@@ -97,4 +155,12 @@ def celery_config(settings: Settings) -> dict:
             "evaluator.reduce": {"queue": "reduce"},
         },
         "worker_hijack_root_logger": False,
+        **tls_config(settings),
     }
+
+
+def tls_config(settings: Settings) -> dict:
+    """Celery's TLS settings for a rediss:// broker (the broker and the result backend on it); none otherwise."""
+    if not uses_tls(settings.broker_url):
+        return {}
+    return {"broker_use_ssl": settings.tls.ssl_options(), "redis_backend_use_ssl": settings.tls.ssl_options()}

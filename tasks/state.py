@@ -14,11 +14,11 @@ from redis.retry import Retry
 
 from tasks.keys import Keys, prefix_from_env
 from tasks.lease import DeviceLease, Lease, LeaseRegistry
-from tasks.outage import RideOutRetry
+from tasks.outage import RideOutRetry, refused
 from tasks.params import JobParams
 from tasks.queues import QueuedTask, queued_tasks, remove_queued
 from tasks.scripts import Scripts
-from tasks.settings import SOCKET_TIMEOUT_S
+from tasks.settings import SOCKET_TIMEOUT_S, BrokerTls, uses_tls
 
 STATUSES = ("queued", "running", "reducing", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -27,19 +27,29 @@ FINISHED = ("done", "failed", "cancelled")
 BrokerError = redis.RedisError  # what a Redis that does not answer raises
 
 
-def connect(url: str, ride_out_s: float | None = None) -> redis.Redis:
-    """A decoded-string client; redis-py's pool reconnects after a fork. With `ride_out_s`, every command
-    retries through a broker outage for up to that long (workers); without, a few quick retries only (a
-    command a person watches rides out outages itself: tasks/outage.py)."""
-    retry = RideOutRetry(ride_out_s) if ride_out_s else Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+def tls_options(url: str, tls: BrokerTls | None = None) -> dict:
+    """redis-py's ssl_* keywords for a rediss:// URL (tls None: the files the environment names); none for redis://."""
+    if not uses_tls(url):
+        return {}
+    return (tls if tls is not None else BrokerTls.from_env()).ssl_options()
+
+
+def connect(url: str, tls: BrokerTls | None = None, ride_out_s: float | None = None) -> redis.Redis:
+    """A decoded-string client; redis-py's pool reconnects after a fork. rediss:// verifies the server against
+    `tls.ca` and presents `tls.cert`. With `ride_out_s`, every command retries through a broker outage for up
+    to that long (workers); without, a few quick retries only (a command a person watches rides out outages
+    itself: tasks/outage.py)."""
+    retry = RideOutRetry(ride_out_s) if ride_out_s else Retry(ExponentialBackoff(cap=0.5, base=0.05), 3,
+                                                              is_retryable=lambda exc: not refused(exc))
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, retry=retry,
-                                socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=5.0, socket_keepalive=True)
+                                socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=5.0, socket_keepalive=True,
+                                **tls_options(url, tls))
 
 
-def answers(url: str, timeout_s: float = 0.5) -> bool:
+def answers(url: str, timeout_s: float = 0.5, tls: BrokerTls | None = None) -> bool:
     """Whether a Redis answers PING at `url` now (a server just started, say)."""
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s).ping())
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s, **tls_options(url, tls)).ping())
     except redis.RedisError:
         return False
 
@@ -50,18 +60,21 @@ class JobState:
     `broker_url` (what `open` gives) lets it send tasks too (`tasks`, tasks/enqueue.py).
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys | None = None, broker_url: str | None = None):
+    def __init__(self, client: redis.Redis, keys: Keys | None = None, broker_url: str | None = None,
+                 tls: BrokerTls | None = None):
         self.r = client
         self.keys = keys or Keys(prefix_from_env())
         self.broker_url = broker_url
+        self.tls = tls if tls is not None else BrokerTls.from_env()  # the task sender's connection uses the same files
         self.scripts = Scripts(client)
         self.leases = LeaseRegistry(client, self.keys)
         self._enqueuer = None
 
     @classmethod
-    def open(cls, url: str, keys: Keys | None = None, ride_out_s: float | None = None) -> "JobState":
+    def open(cls, url: str, keys: Keys | None = None, tls: BrokerTls | None = None,
+             ride_out_s: float | None = None) -> "JobState":
         """Job state on the broker at `url`; `ride_out_s`: how long each command waits through an outage."""
-        return cls(connect(url, ride_out_s), keys, url)
+        return cls(connect(url, tls, ride_out_s), keys, url, tls)
 
     @property
     def tasks(self):

@@ -5,12 +5,17 @@ test folder's helper module can shadow it.
 """
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -101,3 +106,24 @@ def run_cli(*args: str, cwd: Path | None = None, timeout_s: float = 300, url: st
         env["EVALUATOR_BROKER"] = url
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, env=env, timeout=timeout_s)
+
+
+def http(url: str, method: str = "GET", login: str | None = None) -> tuple[int, Message | dict, bytes]:
+    """(HTTP status, headers, body) of one request, with a basic-auth `user:password`; (0, {}, b"") while nothing
+    listens."""
+    request = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
+    if login:
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}, b""
+
+
+def get_json(url: str, login: str | None = None):
+    """(HTTP status, the JSON body or None)."""
+    status, _, body = http(url, login=login)
+    return status, json.loads(body or b"null") if 200 <= status < 300 else None

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.cluster import free_port
 from real_processes import REPO
+from tasks.state import answers
+from tls_broker import launch, make_certificates
 from workers import npu_host
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -53,7 +56,7 @@ def test_docker_compose_validates_the_file():
 
 def test_redis_flower_and_device_services_are_configured_as_designed(services):
     redis = services["redis"]
-    assert {"--requirepass", "noeviction", "--appendonly"} <= set(redis["command"].split())
+    assert {"--requirepass", "noeviction", "--appendonly"} <= set(" ".join(redis["command"]).split())
     assert "redis-data:/data" in redis["volumes"]
     flower = services["flower"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == ENV["FLOWER_BASIC_AUTH"]
@@ -77,6 +80,50 @@ def test_redis_flower_and_device_services_are_configured_as_designed(services):
     assert any(s.get("profiles") == ["cpu"] and "--device cpu:" in s["command"] for s in services.values())
     hosts = [s["hostname"] for s in services.values() if "--device" in str(s.get("command"))]
     assert len(set(hosts)) == len(hosts) and all(h.startswith("rack7-") for h in hosts)  # unique lease keys
+
+
+def redis_script(scheme: str, tls: Path, data: Path, port: int) -> str:
+    """The redis service's shell command as compose runs it (`$$` is `$`), its container paths and port made local."""
+    services = yaml.safe_load(interpolate(COMPOSE.read_text(), {**ENV, "REDIS_SCHEME": scheme}))["services"]
+    shell, flag, script = services["redis"]["command"]
+    assert (shell, flag) == ("sh", "-c")
+    assert "--port" in script and "6379" in script  # never the default port on a test machine
+    return script.replace("$$", "$").replace("/tls/", f"{tls}/").replace("/data", str(data)).replace("6379", str(port))
+
+
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
+def test_the_compose_redis_speaks_tls_alone_when_redis_scheme_is_rediss(scheme, tmp_path):
+    """The service's own command, run with a stand-in for the image's entrypoint (which only changes the user),
+    on loopback: TLS alone with REDIS_SCHEME=rediss, plain otherwise; every app service finds it the same way."""
+    services = yaml.safe_load(interpolate(COMPOSE.read_text(), {**ENV, "REDIS_SCHEME": scheme}))["services"]
+    apps = {name: s for name, s in services.items() if "EVALUATOR_BROKER" in s.get("environment", {})}
+    assert len(apps) >= 10 and all(s["environment"]["EVALUATOR_BROKER"].startswith(f"{scheme}://") and
+                                   s["environment"]["EVALUATOR_TLS_CA"] == "/tls/ca.crt" and
+                                   "./tls:/tls:ro" in s["volumes"] for s in apps.values())
+    assert any(a.startswith(f"{scheme}://") for a in services["submit"]["entrypoint"])
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    certs = make_certificates(tmp_path / "tls")
+    (tmp_path / "data").mkdir()
+    stand_in = tmp_path / "bin" / "docker-entrypoint.sh"
+    stand_in.parent.mkdir()
+    stand_in.write_text('#!/bin/sh\nexec "$@" --bind 127.0.0.1\n')
+    stand_in.chmod(0o755)
+    port = free_port()
+    env = {"PATH": f"{stand_in.parent}:{os.environ['PATH']}", **services["redis"]["environment"]}
+    password = ENV["REDIS_PASSWORD"]
+    server = launch(certs, ["sh", "-c", redis_script(scheme, certs, tmp_path / "data", port)], port, env, scheme,
+                    password)
+    try:
+        tls_url, plain_url = (f"{s}://:{password}@127.0.0.1:{port}/0" for s in ("rediss", "redis"))
+        assert answers(tls_url, tls=server.tls) is (scheme == "rediss")
+        assert answers(plain_url) is (scheme == "redis")
+        healthcheck = services["redis"]["healthcheck"]["test"][1].replace("$$", "$").replace("/tls/", f"{certs}/")
+        check = subprocess.run(["sh", "-c", healthcheck.replace("redis-cli", f"redis-cli -p {port}", 1)],
+                               capture_output=True, text=True, env=env, timeout=30)
+        assert check.stdout.strip() == "PONG", check.stderr
+    finally:
+        server.stop()
 
 
 def test_every_npu_service_maps_its_device_to_acl_device_0(services, tmp_path, monkeypatch):

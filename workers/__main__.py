@@ -11,14 +11,15 @@ import sys
 from typing import Callable
 
 from celery import signals
+from kombu.utils.url import maybe_sanitize_url
 
 from commandline import usage_error
 from tasks import context
 from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, apply
 from tasks.context import WorkerContext
-from tasks.outage import BROKER_TIMEOUT_S, stop_riding_out
-from tasks.settings import TIMINGS, ClusterTimings, Settings
-from tasks.state import JobState
+from tasks.outage import BROKER_TIMEOUT_S, describe, refused, stop_riding_out
+from tasks.settings import TIMINGS, BrokerTls, ClusterTimings, Settings, broker_from_env
+from tasks.state import BrokerError, JobState
 from workers.backends import backend_for_model, check_spec
 from workers.devices import parse_device
 
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     role.add_argument("--reduce", action="store_true",
                       help="run only the reducer (reduce queue, one process): a service of its own beside the pool")
     p.add_argument("--broker", help="Redis URL (default: $EVALUATOR_BROKER or redis://127.0.0.1:6379/0)")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA certificate that signed a rediss:// broker's "
+                                                    "(default: $EVALUATOR_TLS_CA, else the system's CAs)")
+    p.add_argument("--tls-cert", metavar="FILE", help="this worker's certificate, for a broker that asks for one "
+                                                      "(default: $EVALUATOR_TLS_CERT)")
+    p.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert (default: $EVALUATOR_TLS_KEY)")
     p.add_argument("--backend", help="load this backend now (groundtruth, sim:113ms, onnxruntime, torch, ascend); "
                                      "jobs name their own, this only preloads")
     p.add_argument("--model", help="model file to preload (.pth, .onnx, .om)")
@@ -60,9 +66,21 @@ def celery_argv(queues: list[str], pool: str, name: str, loglevel: str, concurre
             f"--hostname={name}", "--without-mingle", "--without-gossip", f"--loglevel={loglevel}"]
 
 
+def refused_by_broker(settings: Settings) -> str | None:
+    """One line when the broker refuses this worker for good (password, TLS), before anything starts; a broker
+    that is only away is waited for (Celery reconnects, every command rides the outage out)."""
+    try:
+        JobState.open(settings.broker_url, settings.keys, settings.tls).ping()
+    except BrokerError as exc:
+        if refused(exc):
+            return f"the broker refused this worker: {describe(exc)} ({maybe_sanitize_url(settings.broker_url)})"
+        log.warning("broker not reachable yet (%s): waiting for it", describe(exc))
+    return None
+
+
 def open_state(settings: Settings) -> JobState:
     """Job state whose every command waits through a broker outage (up to --broker-timeout)."""
-    return JobState.open(settings.broker_url, settings.keys, settings.broker_timeout_s)
+    return JobState.open(settings.broker_url, settings.keys, settings.tls, settings.broker_timeout_s)
 
 
 def install_context(make: Callable[[], WorkerContext]) -> None:
@@ -155,11 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("the lease TTL must be positive (--lease-ttl)")
         if args.broker_timeout <= 0:
             raise ValueError("the broker timeout must be positive (--broker-timeout)")
+        tls = BrokerTls.from_flags(args.broker or broker_from_env(), args.tls_ca, args.tls_cert, args.tls_key)
     except ValueError as exc:
         return usage_error(exc)
     timings = TIMINGS if args.lease_ttl == TIMINGS.lease_ttl_s else ClusterTimings.with_ttl(args.lease_ttl)
     settings = apply(Settings(store_root=os.path.abspath(args.store) if args.store else None,
-                              timings=timings, broker_timeout_s=args.broker_timeout).with_broker(args.broker))
+                              timings=timings, broker_timeout_s=args.broker_timeout, tls=tls).with_broker(args.broker))
+    refusal = refused_by_broker(settings)
+    if refusal:
+        return usage_error(refusal)
     if args.device:
         return run_device_worker(args, settings)
     return run_preprocess_pool(args, settings)

@@ -1,19 +1,21 @@
-"""The Flower dashboard: a login is required; its HTTP API sees the workers and a finished job's tasks."""
+"""The Flower dashboard: a login is required on every path but /healthcheck, it listens on 127.0.0.1 unless told
+otherwise; its HTTP API sees the workers and a finished job's tasks."""
 from __future__ import annotations
 
 import base64
 import json
 import re
-import urllib.error
-import urllib.request
+from pathlib import Path
 
 import cv2
+import flower.app
 import numpy as np
 import pytest
 
-from real_processes import run_cli, wait_for
+from real_processes import get_json, http, run_cli, wait_for
 from orchestrator.__main__ import main
 from orchestrator.cluster import free_port
+from orchestrator.flower_gate import logged_in
 
 LOGIN = "ops:s3cret-pass"
 
@@ -33,16 +35,72 @@ def write_small_set(folder, n=8):
 
 def get(url: str, login: str | None = LOGIN):
     """(HTTP status, parsed JSON or None); (0, None) while nothing listens."""
-    request = urllib.request.Request(url)
-    if login:
-        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, None
+    return get_json(url, login)
+
+
+def flower_paths() -> list[tuple[str, str]]:
+    """(pattern, a path only it matches) for every URL pattern of Flower's app; the catch-all gets a made-up page."""
+    paths = []
+    for rule in flower.app.default_handlers:
+        pattern = (rule.regex.pattern if hasattr(rule, "regex") else rule[0]).removesuffix("$")
+        path = "/no-such-page" if pattern == ".*" else re.sub(r"\([^)]*\)", "x", pattern).replace("/?", "")
+        assert re.fullmatch(pattern, path), (pattern, path)
+        paths.append((pattern, path))
+    return paths
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp* writes them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+@pytest.mark.parametrize("header, admitted", [
+    ("Basic " + base64.b64encode(LOGIN.encode()).decode(), True),
+    ("Basic " + base64.b64encode(b"ops:wrong").decode(), False),
+    ("Basic " + base64.b64encode(b"ops:s3cret-pass-and-more").decode(), False),
+    ("Basic " + base64.b64encode("ops:s3cret-päss".encode()).decode(), False),
+    ("Bearer " + base64.b64encode(LOGIN.encode()).decode(), False),
+    ("Basic not base64!", False),
+    ("", False),
+])
+def test_the_gate_admits_only_a_configured_login(header, admitted):
+    assert logged_in(header, ["someone:else", LOGIN]) is admitted
+
+
+@pytest.mark.slow
+def test_every_dashboard_path_but_the_healthcheck_needs_the_login(redis_url, processes, monkeypatch):
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", LOGIN)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    dashboard = processes.spawn("dashboard", ["-m", "orchestrator", "dashboard", "--broker", redis_url,
+                                              "--port", str(port)], redis_url)
+    wait_for(lambda: http(base + "/healthcheck")[0] == 200, 60, what="Flower to answer its healthcheck")
+    assert http(base + "/healthcheck")[2] == b"OK"
+    (line,) = [x for x in processes.log(dashboard).splitlines() if x.startswith("dashboard: ")]
+    assert f"http://127.0.0.1:{port}/ listening on 127.0.0.1 only; login required" in line, line
+    if Path("/proc/net/tcp").exists():
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and no other interface
+
+    paths = flower_paths()
+    assert len(paths) >= 30 and ("/metrics", "/metrics") in paths and ("/healthcheck", "/healthcheck") in paths
+    for pattern, path in paths:
+        if pattern == "/healthcheck":
+            continue
+        for method in ("GET", "POST", "OPTIONS"):
+            status, headers, body = http(base + path, method)
+            assert (status, headers.get("WWW-Authenticate"), body) == (401, 'Basic realm="flower"',
+                                                                       b"login required"), (method, path)
+        assert http(base + path, login="ops:wrong")[0] == 401, path
+        assert http(base + path, login=LOGIN)[0] != 401, path  # the login opens every one of them
+    status, _, body = http(base + "/metrics", login=LOGIN)
+    assert status == 200 and b"flower_" in body  # what /metrics told anyone before
 
 
 def test_dashboard_refuses_to_start_without_a_login(capsys, monkeypatch):

@@ -76,7 +76,7 @@ def render(url: str, screenshot: Path, wait_ms: int = 5000, size: tuple[int, int
         out = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                               "--no-first-run", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
                               f"--virtual-time-budget={wait_ms}", f"--screenshot={screenshot}", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=timeout_s)
+                             capture_output=True, text=True, timeout=timeout_s, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"no PNG screenshot at {screenshot}"
     return page_text(out.stdout)

@@ -14,7 +14,7 @@ import ast
 import json
 import re
 import time
-from pathlib import Path
+from functools import partial
 
 import pytest
 
@@ -69,7 +69,7 @@ def start_job(monitored, name: str) -> tuple:
 
     def job_id():
         assert proc.poll() is None, Processes.log(proc)[-2000:]
-        m = re.search(r"^job (\S+): ", Processes.log(proc), re.M)
+        m = re.search(r"^job (\S+): ", Processes.log(proc), re.MULTILINE)
         return m and m.group(1)
     return proc, wait_for(job_id, 60, what="submit to name its job")
 
@@ -93,6 +93,13 @@ def task_progress(base: str, task_id: str) -> dict | None:
     if status != 200 or info.get("state") != "PROGRESS":
         return None
     return ast.literal_eval(info["result"])  # the task-progress event's text, a dict's repr
+
+
+def active_tasks(base: str, worker: str) -> list[dict] | None:
+    """The tasks `worker` runs now, as it answers Flower's inspect (a broadcast that its consumer loop answers within
+    Flower's 1 s); None without an answer."""
+    status, workers = get(f"{base}/api/workers?refresh=1&workername={worker}")
+    return (workers or {}).get(worker, {}).get("active") if status == 200 else None
 
 
 def finish(proc) -> None:
@@ -123,9 +130,9 @@ def test_flower_api_shows_busy_devices_online_running_their_shard_with_growing_p
     _, names = get(base + "/api/workers?status=1")
     for shard in shards:
         worker = flower_worker(names, shard["device"].split("/")[1])
-        status, inspected = get(f"{base}/api/workers?refresh=1&workername={worker}")
-        assert status == 200
-        (active,) = inspected[worker]["active"]  # the one task the worker runs: this shard's
+        # the one task the worker runs: this shard's
+        (active,) = wait_for(partial(active_tasks, base, worker), 5, 0.2,
+                             what=f"{worker} to answer Flower's inspect while it runs a shard")
         assert active["id"] == shard["task"] and active["name"] == "evaluator.infer"
         kwargs = ast.literal_eval(active["kwargs"])  # Celery's inspect gives their repr
         assert kwargs["job_id"] == job and kwargs["shard"] == shard["shard"]
@@ -172,7 +179,7 @@ def test_status_prints_each_running_shards_progress(monitored):
     state = JobState.open(monitored["url"])
     proc, job = start_job(monitored, "submit-status")
     shards = shards_running(state, job)
-    line = re.compile(r"^  shard (\d+) on (\S+): (\d+)/(\d+) images, ([\d.]+) images/s$", re.M)
+    line = re.compile(r"^  shard (\d+) on (\S+): (\d+)/(\d+) images, ([\d.]+) images/s$", re.MULTILINE)
 
     def progress_lines(done: int):
         """status's line for each shard, once both have done `done` images."""

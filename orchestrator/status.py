@@ -44,7 +44,8 @@ def _running_line(shard: dict, with_job: bool) -> str:
     p = shard["progress"]
     if p is None:
         return f"{where}: no batch done yet ({time.time() - float(shard.get('since', 0)):.0f} s in)"
-    return f"{where}: {p['done']}/{p['images']} images, {p['images_per_s']:.2f} images/s"
+    rate = f", {p['images_per_s']:.2f} images/s" if p.get("images_per_s") is not None else ""
+    return f"{where}: {p['done']}/{p['images']} images{rate}"
 
 
 def folder_status(run_dir: Path, job: str | None) -> int:
@@ -70,9 +71,9 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("status", help="show jobs and device leases",
-                       description="Show where jobs stand: live from a cluster's Redis, or finished ones from the "
-                                   "run folders.",
+    p = sub.add_parser("status", help="show jobs, device leases and the progress of running shards",
+                       description="Show where jobs stand: live from a cluster's Redis (with each running shard's "
+                                   "images done and images/s), or finished ones from the run folders.",
                        epilog="example: python -m orchestrator status --broker redis://head:6379/0")
     p.add_argument("job", nargs="?", metavar="JOB", help="one job id (default: all)")
     add_broker_arg(p, "read live state from this Redis")

@@ -7,7 +7,8 @@ from kombu.utils.url import maybe_sanitize_url
 
 from commandline import UsageError
 from tasks.outage import BROKER_TIMEOUT_S, BROKER_UNREACHABLE_EXIT
-from tasks.settings import TLS_ENV, BrokerTls, uses_tls
+from tasks.app import apply
+from tasks.settings import TLS_ENV, BrokerTls, Settings, uses_tls
 from tasks.state import BrokerError, JobState
 
 
@@ -50,8 +51,10 @@ def broker_tls(args, url: str | None = None) -> BrokerTls:
 
 def open_state(url: str, tls: BrokerTls | None = None) -> JobState:
     """Job state (and the task sender) on the broker at `url`; one-line error when Redis does not answer, refuses
-    the password or the TLS handshake (the password never printed)."""
+    the password or the TLS handshake (the password never printed). The Celery app is set to this broker too:
+    a task's state (a running shard's progress) is read from its result backend."""
     state = JobState.open(url, tls=tls)
+    apply(Settings(tls=state.tls).with_broker(url))
     try:
         state.ping()
     except BrokerError as exc:

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import sys
+from contextlib import contextmanager
 
 from kombu.utils.url import maybe_sanitize_url
 
@@ -21,7 +22,8 @@ from orchestrator.cli import add_broker_arg, broker_tls, open_state, positive_in
 from orchestrator.cluster import LocalCluster, free_port
 from orchestrator.flower_gate import serve
 from tasks.app import app, apply
-from tasks.settings import Settings, broker_from_env
+from tasks.settings import TIMINGS, Settings, broker_from_env
+from tasks.state import JobState
 
 AUTH_ENV = "FLOWER_BASIC_AUTH"
 TASK_COLUMNS = "name,uuid,state,kwargs,result,received,started,runtime,worker"
@@ -62,18 +64,35 @@ def listening(address: str) -> str:
     return f"{address} only" if address in ("127.0.0.1", "::1", "localhost") else address
 
 
+@contextmanager
+def linked_from_reports(state: JobState, url: str):
+    """While Flower runs it holds the broker's dashboard lease, whose URL the reports of the jobs it watched link to
+    (a second dashboard on the same broker is not linked)."""
+    lease = state.dashboard_lease(url, TIMINGS.lease_ttl_s)
+    if lease.try_acquire():
+        lease.start_heartbeat()
+    else:
+        other = (state.dashboard() or {}).get("url")
+        print(f"note: job reports link to the dashboard that was here first, {other}", file=sys.stderr)
+    try:
+        yield
+    finally:
+        lease.release()
+
+
 def run(args) -> int:
     user = basic_auth().split(":", 1)[0]
     positive_int("--port", args.port)
     url = args.broker or broker_from_env()
     tls = broker_tls(args, url)
-    open_state(url, tls)  # one-line error when the broker does not answer
+    state = open_state(url, tls)  # one-line error when the broker does not answer
     apply(Settings(tls=tls).with_broker(url))
     host = "127.0.0.1" if args.address in ("", "0.0.0.0", "::") else args.address
     print(f"dashboard: http://{host}:{args.port}/ listening on {listening(args.address)}; login required on every "
           f"path but /healthcheck (user {user}, password from {AUTH_ENV}); broker {maybe_sanitize_url(url)}",
           file=sys.stderr, flush=True)
-    serve(app, flower_argv(args.port, args.address))
+    with linked_from_reports(state, f"http://{host}:{args.port}/"):
+        serve(app, flower_argv(args.port, args.address))
     return 0
 
 

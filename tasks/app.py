@@ -6,10 +6,14 @@ tasks/enqueue.py, so a sender never imports the reducer or COCOeval.
 """
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from tasks import context
 from tasks.settings import Settings, celery_config
+
+log = logging.getLogger("tasks.app")
 
 PREPROCESS_QUEUE, INFER_QUEUE, REDUCE_QUEUE = "preprocess", "infer", "reduce"  # one shared infer queue: pull
 
@@ -37,15 +41,22 @@ def preprocess(job_id: str, shard: int, batch: int, device: str = "cpu") -> dict
 def infer(self, job_id: str, shard: int, batch: int, redelivered_from: str | None = None, **_) -> dict:
     """Run one shard on this worker's device; the result is written once, a duplicate is a no-op.
 
-    After every batch the task's state becomes PROGRESS (images done of the shard's, batch, device, host):
-    stored for `status JOB`, and sent as a `task-progress` event, which Flower shows live (its text in the
-    task's result field until the real result replaces it).
+    After every batch the task's state becomes PROGRESS (images done of the shard's, images/s, batch, device,
+    host): stored for `status JOB`, and sent as a `task-progress` event, which Flower shows live (its text in
+    the task's result field until the real result replaces it). The stored state is forgotten when the shard
+    ends (its result is not kept), so PROGRESS never outlives the run.
     """
     def progress(**fields) -> None:
         self.update_state(state="PROGRESS", meta=fields)
         self.send_event("task-progress", result=repr(fields))
 
-    return context.runner()(job_id, shard, progress, self.request.id)
+    try:
+        return context.runner()(job_id, shard, progress, self.request.id)
+    finally:
+        try:
+            self.backend.forget(self.request.id)
+        except Exception as exc:  # noqa: BLE001 - progress is for people watching: the shard's outcome stands
+            log.warning("progress of task %s not cleared: %s", self.request.id, exc)
 
 
 @app.task(name="evaluator.reduce")

@@ -2,9 +2,11 @@
 
 Every message goes over this broker's own connection (never a process-wide one), so a process that talks
 to several brokers (tests, a benchmark) sends each message where it belongs; every task id is remembered
-in the job so that `cancel` can revoke it.
+in the job so that `cancel` can revoke it. A running shard's progress is read from the same broker's results.
 """
 from __future__ import annotations
+
+from celery.app import backends
 
 from tasks.app import app
 from tasks.settings import uses_tls
@@ -18,6 +20,8 @@ class Enqueuer:
 
     def __init__(self, state, broker_url: str):
         self.state = state
+        self.broker_url = broker_url
+        self._results = None
         # kombu's keys under this deployment's prefix and TLS as the state's, whatever the process's settings say
         self.connection = app.connection_for_write(
             broker_url, transport_options={"global_keyprefix": state.keys.kombu_prefix},
@@ -56,11 +60,25 @@ class Enqueuer:
     def revoke(self, task_ids: list[str]) -> None:
         app.control.revoke(task_ids, connection=self.connection)
 
+    @property
+    def results(self):
+        """This broker's result backend, where a running task keeps its state (made as Celery makes the app's)."""
+        if self._results is None:
+            backend_cls, url = backends.by_url(self.broker_url, app.loader)
+            self._results = backend_cls(app=app, url=url)
+        return self._results
+
     def progress(self, task_id: str) -> dict | None:
-        """A running shard's last PROGRESS (images done of the shard's, batch, device, host), None without one.
-        Read from the result backend of this process's settings (tasks.app.apply)."""
-        result = app.AsyncResult(task_id)
+        """A running shard's last PROGRESS (images done of the shard's, images/s, batch, device, host), None before
+        its first batch and after it ends."""
+        result = app.AsyncResult(task_id, backend=self.results)
         return dict(result.info) if result.state == "PROGRESS" and isinstance(result.info, dict) else None
+
+    def running(self, job_id: str | None = None) -> list[dict]:
+        """Every shard a device runs now (of `job_id`, or of every job): its lease's record (job, shard, device as
+        host/device, since, task id) with `progress`, its task's last PROGRESS or None."""
+        return [{**shard, "progress": self.progress(shard["task"]) if shard.get("task") else None}
+                for shard in self.state.leases.in_flight(job_id)]
 
     def active(self, timeout_s: float = 1.0) -> dict:
         """What the workers answering a broadcast run now: {worker: [task, ...]}."""

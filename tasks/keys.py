@@ -22,6 +22,7 @@ string through their `global_keyprefix` transport option (tasks/settings.py).
 | `P:lease:HOST:DEVICE:fence` | counter | the device's fencing number, one more per acquisition |
 | `P:leases` | hash | lease key -> its last record, no TTL (the reaper reads a dead holder's shard here) |
 | `P:workers` | hash | HOST/DEVICE/PID -> the worker's registration (backend, attestation, versions, identity) |
+| `P:dashboard` | string, TTL | the running dashboard's lease: its URL and since when (reports link to it) |
 
 Queues (kombu lists, prefixed by kombu itself): `P:preprocess`, `P:infer`, `P:reduce`, with their
 priority steps `P:infer\\x06\\x16N` (tasks/queues.py reads them for `cancel` and `resume`).
@@ -81,6 +82,9 @@ class Keys:
 
     def recovery(self) -> str:
         return self._k("recovery")
+
+    def dashboard(self) -> str:
+        return self._k("dashboard")
 
     def queue(self, name: str) -> str:
         """A kombu queue's list key (kombu adds the prefix itself when it sends and receives)."""

@@ -39,10 +39,12 @@ def describe_holder(record: dict) -> str:
 class Lease:
     """One holder of `key` at a time; `lost` is set when an extension finds the lease expired or taken over."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float, host: str | None = None, pid: int | None = None):
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float, host: str | None = None, pid: int | None = None,
+                 fields: dict | None = None):
         self.client, self.key = client, key
         self.host = host or socket.gethostname()
         self.pid = pid or os.getpid()
+        self.fields = fields or {}  # what the holder tells the others beside who it is
         self.ttl_ms = int(ttl_s * 1000)
         self.scripts = Scripts(client)
         self.token: str | None = None
@@ -50,7 +52,8 @@ class Lease:
         self._heartbeat: Periodic | None = None
 
     def new_record(self) -> dict:
-        return {"token": secrets.token_hex(16), "host": self.host, "pid": self.pid, "since": time.time()}
+        return {**self.fields, "token": secrets.token_hex(16), "host": self.host, "pid": self.pid,
+                "since": time.time()}
 
     def try_acquire(self) -> bool:
         record = self.new_record()
@@ -183,14 +186,15 @@ class LeaseRegistry:
     def registered(self) -> int:
         return int(self.client.hlen(self.key))
 
+    def in_flight(self, job_id: str | None = None) -> list[dict]:
+        """The shards that devices holding a live lease run now (of `job_id`, or of every job): each lease's shard
+        record (job, shard, batch, since, task id) with its device as host/device."""
+        return [{**rec["shard"], "device": f"{rec['host']}/{rec['device']}"} for _, rec, held in self.entries()
+                if held and rec.get("shard") and job_id in (None, rec["shard"].get("job"))]
+
     def shards_in_flight(self, job_id: str) -> dict[int, str]:
         """Shards of the job that a device holding a live lease runs now: shard -> host/device."""
-        out = {}
-        for _, rec, held in self.entries():
-            shard = rec.get("shard")
-            if held and shard and shard.get("job") == job_id:
-                out[int(shard["shard"])] = f"{rec['host']}/{rec['device']}"
-        return out
+        return {int(shard["shard"]): shard["device"] for shard in self.in_flight(job_id)}
 
     def claim_expired(self) -> list[dict]:
         """Take every record whose lease expired unreleased (its holder died or hung): each once, over all reapers."""

@@ -241,6 +241,15 @@ class JobState:
     def workers(self) -> list[dict]:
         return [json.loads(raw) for raw in self.r.hvals(self.keys.workers())]
 
+    def dashboard_lease(self, url: str, ttl_s: float) -> Lease:
+        """Held by the running dashboard: its record names the URL that job reports link to."""
+        return Lease(self.r, self.keys.dashboard(), ttl_s, fields={"url": url})
+
+    def dashboard(self) -> dict | None:
+        """The running dashboard's lease record (url, since, host, pid), None when none runs."""
+        raw = self.r.get(self.keys.dashboard())
+        return json.loads(raw) if raw else None
+
     # -- shards and results ----------------------------------------------------------------------
     def shard_items(self, job_id: str, shard: int) -> list[dict]:
         raw = self.r.hget(self._part(job_id, "shards"), str(shard))

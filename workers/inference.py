@@ -27,7 +27,7 @@ from workers.reaper import give_back
 log = logging.getLogger("workers.inference")
 
 
-Progress = Callable[..., None]  # progress(done=, images=, batch=, device=, host=) after every batch
+Progress = Callable[..., None]  # progress(done=, images=, images_per_s=, batch=, device=, host=) after every batch
 
 
 class LeaseLost(RuntimeError):
@@ -109,7 +109,7 @@ class ShardRunner:
 
     # -- the task body ---------------------------------------------------------------------------------
     def __call__(self, job_id: str, shard: int, progress: Progress | None = None, task_id: str | None = None) -> dict:
-        """Run the shard; `progress(done=, images=, batch=, device=, host=)` is called after every batch; `task_id`
+        """Run the shard; `progress(done=, images=, images_per_s=, ...)` is called after every batch; `task_id`
         (the Celery task's) goes into the lease's shard record, where `status` finds the task's progress."""
         status = self.state.status(job_id)
         if status is None or status in FINISHED:
@@ -227,7 +227,9 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
                 image_ids.extend(item["id"] for item, _ in group)
                 wait_s = 0.0
                 if progress is not None:
-                    report_progress(progress, done=len(image_ids) + len(unreadable), images=len(items),
+                    done = len(image_ids) + len(unreadable)
+                    report_progress(progress, done=done, images=len(items),
+                                    images_per_s=round(done / max(time.time() - t_begin, 1e-6), 2),
                                     batch=params.batch, device=runner.device, host=runner.host)
     return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
             "device": runner.device, "host": runner.host, "pid": os.getpid(), "fence": runner.lease.fence,

@@ -6,6 +6,8 @@ folder alone.
 """
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from tasks.metrics import MIN_BATCHES, MIN_DEVICE_S, MIN_IMAGES, VALIDITY_RULE
 from tasks.reduce import union_results
 from tasks.state import JobState
@@ -65,6 +67,18 @@ def sweep_rows(reports: list[dict]) -> list[dict]:
     return rows
 
 
+def dashboard_links(dashboard: dict | None, job_id: str, t_submit: float) -> dict | None:
+    """Where the dashboard that watched the whole job shows its tasks; None when none ran since the job's submit.
+
+    Flower keeps tasks in memory and its Tasks page takes no search from its URL (only state, worker and name):
+    the page and the job id to type into its search box, and the API's search, which takes the id in the URL.
+    """
+    if not dashboard or float(dashboard.get("since", t_submit + 1)) > t_submit:
+        return None
+    url = dashboard["url"].rstrip("/") + "/"
+    return {"url": url, "tasks": f"{url}tasks", "search": job_id, "api": f"{url}api/tasks?search={quote(job_id)}"}
+
+
 def collect(state: JobState, job_id: str, with_results: bool = True) -> tuple[dict, list[dict], list[dict] | None]:
     """(report with broker-only facts added, batch records, COCO results or None without `with_results`)
     of a finished job."""
@@ -72,6 +86,9 @@ def collect(state: JobState, job_id: str, with_results: bool = True) -> tuple[di
     summary = state.summary(job_id)
     report["preprocessing"] = preprocessing(summary)
     report["resumes"] = int(summary.get("resumes", 0))
+    links = dashboard_links(state.dashboard(), job_id, float(summary.get("t_submit", 0)))
+    if links:
+        report["dashboard"] = links
     sweep = report["params"].get("sweep")
     if sweep:
         report["sweep"] = {"id": sweep, "rows": sweep_rows(sweep_reports(state, sweep))}

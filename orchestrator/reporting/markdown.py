@@ -41,6 +41,10 @@ def _header(report: dict) -> list[str]:
         lines.append(f"- part of batch sweep {p['sweep']} (its report: `../{p['sweep']}/report.md`)")
     if report.get("resumes"):
         lines.append(f"- resumed {report['resumes']} time(s): end-to-end FPS includes the interruption")
+    board = report.get("dashboard")
+    if board:
+        lines.append(f"- dashboard: [{board['tasks']}]({board['tasks']}), search `{board['search']}` "
+                     f"(or [its API]({board['api']})); Flower keeps the tasks while it runs")
     return lines + [""]
 
 

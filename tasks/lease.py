@@ -192,6 +192,16 @@ class LeaseRegistry:
         return [{**rec["shard"], "device": f"{rec['host']}/{rec['device']}"} for _, rec, held in self.entries()
                 if held and rec.get("shard") and job_id in (None, rec["shard"].get("job"))]
 
+    def taken(self, job_id: str) -> dict[int, str]:
+        """Shards of the job that a device holding a live lease runs, or took one batch early to run next."""
+        out = {}
+        for _, rec, held in self.entries():
+            shard = rec.get("shard") if held else None
+            for record in (shard, (shard or {}).get("next")):
+                if record and record.get("job") == job_id:
+                    out[int(record["shard"])] = f"{rec['host']}/{rec['device']}"
+        return out
+
     def shards_in_flight(self, job_id: str) -> dict[int, str]:
         """Shards of the job that a device holding a live lease runs now: shard -> host/device."""
         return {int(shard["shard"]): shard["device"] for shard in self.in_flight(job_id)}

@@ -3,7 +3,7 @@
 Redis writes its append-only file every second (appendfsync everysec): a crash loses up to the last second
 of writes, among them a queued message, a lease record, a shard result or the reduce message. A shard is
 unaccounted for when it has no result, no message waits for it in the infer queue and no live device lease
-marks it; a job's reduce when every shard has a result, the job is not finished, no reduce message waits
+marks it (as running, or as taken to run next: workers/next_shard.py); a job's reduce when every shard has a result, the job is not finished, no reduce message waits
 and no reducer holds its lease. What two checks in a row (at least a reaper interval apart, the checks
 shared by every reaper through Redis) find unaccounted for is lost, and enqueued again, once per check.
 A late original still counts once: results are written once and fenced (tasks/lua/write_result.lua).
@@ -28,7 +28,7 @@ class Accounting:
 
     missing: list[int]  # shards without a result
     queued: set[int]  # ... with an infer message waiting
-    in_flight: dict[int, str]  # ... that a device holding a live lease runs (shard -> host/device)
+    in_flight: dict[int, str]  # ... that a device holding a live lease runs or took to run next (-> host/device)
     reduce_queued: bool
 
     @property
@@ -39,7 +39,7 @@ class Accounting:
 def account(state: JobState, job_id: str) -> Accounting:
     queued = {int(t.kwargs["shard"]) for t in state.queued([INFER_QUEUE], job_id)
               if t.name == "evaluator.infer" and "shard" in t.kwargs}
-    return Accounting(state.shards_without_result(job_id), queued, state.leases.shards_in_flight(job_id),
+    return Accounting(state.shards_without_result(job_id), queued, state.leases.taken(job_id),
                       bool(state.queued([REDUCE_QUEUE], job_id)))
 
 

@@ -112,6 +112,7 @@ def run_device_worker(args, settings: Settings) -> int:
             except Exception as exc:
                 return usage_error(f"backend {args.backend} cannot run on {args.device}: {exc} (--backend)")
         install_context(lambda: WorkerContext(settings, state, runner))
+        signals.task_received.connect(runner.next_shard.on_received, weak=False)  # the next shard, one batch early
         name = f"{args.device}-{os.getpid()}@{socket.gethostname()}"
         # threads, one: Celery's consumer loop keeps sending heartbeats while a shard runs (the solo pool runs the
         # task on that loop and sends none: celery#3768), and the backend stays on its own device thread

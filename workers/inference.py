@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,7 @@ from tasks.store import StoreEntry, TensorStore
 from workers.backends import create_backend
 from workers.backends.base import MAX_DETS, InferenceBatch
 from workers.device_thread import DeviceThread
+from workers.next_shard import NEXT_SHARD_LEAD_S, NextShard
 from workers.devices import attest
 from workers.reaper import give_back
 
@@ -53,6 +55,10 @@ class ShardRunner:
         self.job_in_flight: str | None = None
         self.job_batches: dict[str, int] = {}
         self.device_thread = DeviceThread(self.device)  # the backend's one thread
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"loader-{self.device}")
+        self.next_shard = NextShard(self.loader.submit, self._preload, self._note_next)
+        self._marked: dict | None = None  # the shard record in the lease now
+        self.batch_s: float | None = None  # the last device call's seconds: when to ask for the next shard
 
     # -- backend ------------------------------------------------------------------------------------
     def backend_for(self, backend: str, model: str = "", precision: str = "fp32"):
@@ -81,9 +87,26 @@ class ShardRunner:
         while True:
             if not self.lease.held:
                 self.lease.acquire(on_previous=lambda rec: give_back(self.state, rec))
-            if self.lease.mark({"job": job_id, "shard": shard, "batch": batch, "since": time.time(),
-                                "task": task_id}):
+            record = {"job": job_id, "shard": shard, "batch": batch, "since": time.time(), "task": task_id}
+            if self.lease.mark(record):
+                self._marked = record
                 return
+
+    def _note_next(self, next_record: dict) -> None:
+        """The shard taken one batch early, in the lease beside the running one (the reaper gives both back)."""
+        if self._marked is not None and self.lease.held:
+            self.lease.mark({**self._marked, "next": next_record})
+
+    def _preload(self, job_id: str, shard: int) -> "Preloaded | None":
+        """On the loader thread: the next shard's first batch, loaded as run_shard would (same backend only)."""
+        params = self.state.params(job_id)
+        if self.backend is None or (params.backend, params.model, params.precision) != self._backend_key:
+            return None
+        planned = plan_shard_batches(self.state.shard_items(job_id, shard), params)
+        if not planned:
+            return None
+        store = TensorStore(self.store_root or params.store or None)
+        return Preloaded([item["id"] for item in planned[0]], _prepare(store, params, planned[0], self.backend), store)
 
     def check(self) -> None:
         """Before each batch: still our device, and (one HGET) the job was not cancelled meanwhile."""
@@ -101,11 +124,12 @@ class ShardRunner:
         return n
 
     def close(self) -> None:
-        """Close the backend on its thread, then the thread."""
+        """Close the backend on its thread, then the thread and the loader."""
         if self.backend is not None:
             self.device_thread.call(self.backend.close)
             self.backend = None
         self.device_thread.close()
+        self.loader.shutdown(wait=False, cancel_futures=True)
 
     # -- the task body ---------------------------------------------------------------------------------
     def __call__(self, job_id: str, shard: int, progress: Progress | None = None, task_id: str | None = None) -> dict:
@@ -143,6 +167,8 @@ class ShardRunner:
                                          payload["t_end"] - payload["t_start"])
         finally:
             self.job_in_flight = None
+            self.next_shard.release()
+            self._marked = None
             if self.lease.held:
                 self.lease.mark(None)
         if outcome == "written" and done == self.state.n_shards(job_id) and self.state.claim_reduce(job_id):
@@ -209,32 +235,64 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
     the device still waits for it is recorded per batch (`wait_s`).
     """
     store = TensorStore(runner.store_root or params.store or None)
-    planned = plan_batches(items, params.batch, lambda it: input_shape(it, params.size_mode, params.static_size))
+    planned = plan_shard_batches(items, params)
     image_ids, unreadable, results = [], {}, []
     t_begin = time.time()
-    with ThreadPoolExecutor(max_workers=1) as loader:
-        pending = loader.submit(_prepare, store, params, planned[0], backend) if planned else None
-        for index in range(len(planned)):
-            t_wait = time.time()
-            groups, bad, load_s = pending.result()
-            wait_s = time.time() - t_wait
-            if index + 1 < len(planned):
-                pending = loader.submit(_prepare, store, params, planned[index + 1], backend)
-            unreadable.update(bad)
-            for group, batch in groups:
-                runner.check()
-                results.extend(_run_batch(runner, backend, params, shard, group, batch, load_s, wait_s))
-                image_ids.extend(item["id"] for item, _ in group)
-                wait_s = 0.0
-                if progress is not None:
-                    done = len(image_ids) + len(unreadable)
-                    report_progress(progress, done=done, images=len(items),
-                                    images_per_s=round(done / max(time.time() - t_begin, 1e-6), 2),
-                                    batch=params.batch, device=runner.device, host=runner.host)
+    loader = runner.loader
+    pending, ahead = first_batch(runner, store, params, shard, planned, backend)
+    for index in range(len(planned)):
+        t_wait = time.time()
+        groups, bad, load_s = pending.result()
+        wait_s = time.time() - t_wait
+        if index + 1 < len(planned):
+            pending = loader.submit(_prepare, store, params, planned[index + 1], backend)
+        left_s = None if runner.batch_s is None else (len(planned) - index) * runner.batch_s
+        if index + 1 == len(planned) or (left_s is not None and left_s <= NEXT_SHARD_LEAD_S):
+            runner.next_shard.reserve()  # the next shard's first batch loads while this one ends
+        unreadable.update(bad)
+        for group, batch in groups:
+            runner.check()
+            results.extend(_run_batch(runner, backend, params, shard, group, batch, load_s, wait_s, ahead))
+            image_ids.extend(item["id"] for item, _ in group)
+            wait_s, ahead = 0.0, False
+            if progress is not None:
+                done = len(image_ids) + len(unreadable)
+                report_progress(progress, done=done, images=len(items),
+                                images_per_s=round(done / max(time.time() - t_begin, 1e-6), 2),
+                                batch=params.batch, device=runner.device, host=runner.host)
     return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
             "device": runner.device, "host": runner.host, "pid": os.getpid(), "fence": runner.lease.fence,
             "t_start": t_begin, "t_end": time.time(),
             "store": {"hits": store.hits, "misses": store.misses, "recomputed": store.recomputed}}
+
+
+@dataclass
+class Preloaded:
+    """A shard's first batch loaded while the shard before it ran: its image ids, `_prepare`'s output, its store."""
+
+    image_ids: list[int]
+    prepared: tuple
+    store: TensorStore
+
+
+def plan_shard_batches(items: list[dict], params: JobParams) -> list[list[dict]]:
+    return plan_batches(items, params.batch, lambda it: input_shape(it, params.size_mode, params.static_size))
+
+
+def first_batch(runner: ShardRunner, store: TensorStore, params: JobParams, shard: int, planned: list,
+                backend) -> tuple[Future | None, bool]:
+    """The shard's first batch, and whether it was loaded ahead (its store counts then added to this shard's) or
+    is loading now."""
+    if not planned:
+        return None, False
+    pre = runner.next_shard.take(params.job_id, shard)
+    if pre is not None and pre.image_ids == [item["id"] for item in planned[0]]:
+        store.hits, store.misses = store.hits + pre.store.hits, store.misses + pre.store.misses
+        store.recomputed += pre.store.recomputed
+        done: Future = Future()
+        done.set_result(pre.prepared)
+        return done, True
+    return runner.loader.submit(_prepare, store, params, planned[0], backend), False
 
 
 def report_progress(progress: Progress, **fields) -> None:
@@ -258,19 +316,21 @@ def _batch(params: JobParams, backend, group: list) -> InferenceBatch:
 
 
 def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, group: list, batch: InferenceBatch,
-               load_s: float, wait_s: float = 0.0) -> list[dict]:
-    """One device call, its timing record, its COCO results."""
+               load_s: float, wait_s: float = 0.0, ahead: bool = False) -> list[dict]:
+    """One device call, its timing record (`ahead`: its tensors were loaded while the shard before ran), its COCO
+    results."""
     rows = len(batch.clip_hw)
     t_start = time.time()
     dets, labels = runner.device_thread.call(backend.infer, batch)
     t_end = time.time()
+    runner.batch_s = t_end - t_start
     if dets.shape[0] < len(group) or dets.shape[1:] != (MAX_DETS, 5) or labels.shape[0] < len(group):
         raise ValueError(f"backend {backend.name} returned dets {dets.shape} labels {labels.shape} "
                          f"for {len(group)} images")
     runner.state.record_batch(params.job_id, {
         "job": params.job_id, "shard": shard, "device": runner.device, "host": runner.host, "pid": os.getpid(),
         "seq": runner.next_seq(params.job_id), "size": len(group), "rows": rows, "t_start": t_start, "t_end": t_end,
-        "load_s": load_s, "wait_s": wait_s,
+        "load_s": load_s, "wait_s": wait_s, **({"ahead": True} if ahead else {}),
     })
     out = []
     for j, (item, entry) in enumerate(group):

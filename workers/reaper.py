@@ -23,17 +23,23 @@ log = logging.getLogger("workers.reaper")
 
 
 def give_back(state: JobState, record: dict) -> bool:
-    """Re-enqueue the record's shard unless its job finished or the shard already has a result."""
+    """Re-enqueue the record's shard, and the next one it had taken early, unless its job finished or the shard
+    already has a result; True when something was given back."""
     shard = record.get("shard")
     if not shard:
         return False
-    job_id, index = shard["job"], int(shard["shard"])
-    if state.status(job_id) in (None, *FINISHED) or state.has_result(job_id, index):
-        return False
-    state.tasks.infer(job_id, index, int(shard["batch"]), redelivered_from=f"{record['host']}/{record['device']}")
-    log.warning("gave back shard %d of job %s: the lease of %s expired unreleased (%s)",
-                index, job_id, record["device"], describe_holder(record))
-    return True
+    given = False
+    for taken in (shard, shard.get("next")):
+        if not taken:
+            continue
+        job_id, index = taken["job"], int(taken["shard"])
+        if state.status(job_id) in (None, *FINISHED) or state.has_result(job_id, index):
+            continue
+        state.tasks.infer(job_id, index, int(taken["batch"]), redelivered_from=f"{record['host']}/{record['device']}")
+        log.warning("gave back shard %d of job %s: the lease of %s expired unreleased (%s)",
+                    index, job_id, record["device"], describe_holder(record))
+        given = True
+    return given
 
 
 def reap_once(state: JobState) -> list[dict]:

@@ -6,7 +6,8 @@ images x the device's median seconds per image over its recent shards of the job
 job's median while the device has finished none). An overdue shard is put back at the front
 of the shared infer queue, once: the next device to be free takes it. Whichever copy writes
 first wins; the other's write is a no-op (the fenced HSETNX of write_result.lua), so every
-image is still counted exactly once.
+image is still counted exactly once. The shard that device took one batch early to run next
+(workers/next_shard.py) waits behind the overdue one: it is put back beside it, once, the same way.
 """
 from __future__ import annotations
 
@@ -67,4 +68,12 @@ def reissue_stragglers(state: JobState, now: float | None = None) -> list[tuple[
             state.tasks.infer(job_id, index, int(shard["batch"]), redelivered_from=f"{device} (straggler)")
             log.warning("shard %d of job %s given to a second device: %s", index, job_id, why)
             reissued.append((job_id, index))
+        waiting = shard.get("next")
+        if waiting and waiting.get("job") == job_id and not state.has_result(job_id, int(waiting["shard"])):
+            behind = f"taken to run next on {device}, behind shard {index}"
+            if state.mark_reissued(job_id, int(waiting["shard"]), {"from": device, "why": behind, "at": now}):
+                state.tasks.infer(job_id, int(waiting["shard"]), int(waiting["batch"]),
+                                  redelivered_from=f"{device} (behind a straggler)")
+                log.warning("shard %d of job %s given to another device: %s", int(waiting["shard"]), job_id, behind)
+                reissued.append((job_id, int(waiting["shard"])))
     return reissued

@@ -1,8 +1,6 @@
 """A stalled device does not hold the job back: its shard goes to another device, every image counted once."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from orchestrator.generated_set import write_set
@@ -43,8 +41,13 @@ def test_one_stalled_device_costs_about_one_detection_delay(redis_url, processes
     print(f"healthy {healthy_s:.2f} s, one device stalled {stalled_s:.2f} s (budget {budget:.2f} s)")
     assert stalled_s < healthy_s + budget, (stalled_s, healthy_s)
     assert stalled_s < STALL_S / 2
-    reissued = {str(k): json.dumps(v) for k, v in state.reissued(job_id).items()}
-    assert len(reissued) == 1 and "cpu:2" in next(iter(reissued.values()))
+    reissued = state.reissued(job_id)
+    overdue = [shard for shard, why in reissued.items() if "ran it" in why["why"]]
+    assert len(overdue) == 1 and "cpu:2" in reissued[overdue[0]]["from"], reissued
+    # the shard cpu:2 had taken one batch early to run next waits behind the overdue one: given back beside it
+    behind = {shard: why for shard, why in reissued.items() if shard not in overdue}
+    assert len(behind) <= 1 and all(w["why"] == f"taken to run next on {w['from']}, behind shard {overdue[0]}"
+                                    and "cpu:2" in w["from"] for w in behind.values()), reissued
     for report in (healthy, stalled):
         cov = report["coverage"]
         assert report["status"] == "done" and cov["ok"] and cov["counted"] == cov["expected"] == 240

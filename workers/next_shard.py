@@ -1,0 +1,87 @@
+"""Cross-shard prefetch: a device worker takes its next shard one batch early and loads that shard's first batch
+while the last batch of this one runs, so the device never waits for tensors between shards.
+
+How: when the shard is expected to end within NEXT_SHARD_LEAD_S (its batches left x the last batch's seconds), or
+at its last batch, the worker raises its consumer's prefetch count by one (kombu's QoS), so one more infer message
+is reserved. Celery's consumer loop applies the new count at its next turn: the threads pool runs `synloop`,
+which waits up to 2 s for messages per turn, hence a lead of 3 s rather than one batch; when it arrives (Celery's
+`task_received` signal, on the consumer's thread) its shard is recorded in the device lease as `next` and its
+first batch is loaded on the worker's loader thread. When the shard ends the count goes back down: a worker
+never holds more than one shard beyond the one it runs, and only for about NEXT_SHARD_LEAD_S plus a batch (fairness). If the worker
+dies, its lease expires and the reaper gives back both shards (workers/reaper.py); the lost-work check counts
+a `next` shard as taken (tasks/recovery.py).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Callable
+
+log = logging.getLogger("workers.next_shard")
+
+INFER_TASK = "evaluator.infer"
+NEXT_SHARD_LEAD_S = 3.0  # > the 2 s a turn of Celery's synloop may take to apply a prefetch change
+
+
+class NextShard:
+    """One device worker's prefetch of its next shard. `preload(job, shard, batch, task_id)` runs on the loader and
+    returns what `run_shard` would have loaded first (or None when it cannot tell)."""
+
+    def __init__(self, submit: Callable[..., Future], preload: Callable[..., object],
+                 note: Callable[[dict], None]):
+        self.submit, self.preload, self.note = submit, preload, note
+        self.consumer = None  # Celery's consumer, known from the first message it hands over
+        self._lock = threading.Lock()
+        self._wanted = False
+        self._raised = False
+        self._loaded: dict[tuple[str, int], Future] = {}
+
+    def on_received(self, sender=None, request=None, **_) -> None:
+        """Celery's task_received (the consumer's thread): remember the consumer; take the wanted shard."""
+        self.consumer = sender if sender is not None and hasattr(sender, "qos") else self.consumer
+        if request is None or request.name != INFER_TASK:
+            return
+        with self._lock:
+            if not self._wanted:
+                return
+            self._wanted = False
+        kwargs = request.kwargs or {}
+        job, shard, batch = kwargs.get("job_id"), int(kwargs.get("shard", -1)), int(kwargs.get("batch", 1))
+        if job is None or shard < 0:
+            return
+        next_record = {"job": job, "shard": shard, "batch": batch, "task": request.id}
+        try:
+            self.note(next_record)
+        except Exception as exc:  # noqa: BLE001 - the shard still runs; only its give-back on a crash is slower
+            log.warning("could not record the next shard %d of job %s in the lease: %s", shard, job, exc)
+        self._loaded[(job, shard)] = self.submit(self.preload, job, shard)
+
+    def reserve(self) -> None:
+        """This shard ends soon: let the consumer take one more infer message (once per shard)."""
+        if self.consumer is None:
+            return
+        with self._lock:
+            if self._raised:
+                return
+            self._raised = self._wanted = True
+        self.consumer.qos.increment_eventually()
+
+    def release(self) -> None:
+        """The shard ended: back to the usual prefetch count (the next shard, if one came, is queued to run)."""
+        with self._lock:
+            raised, self._raised, self._wanted = self._raised, False, False
+        if raised:
+            self.consumer.qos.decrement_eventually()
+
+    def take(self, job: str, shard: int):
+        """The first batch loaded for this shard ahead of time, or None; what was loaded for another is dropped."""
+        future = self._loaded.pop((job, shard), None)
+        self._loaded.clear()
+        if future is None:
+            return None
+        try:
+            return future.result()
+        except Exception as exc:  # noqa: BLE001 - loaded again the usual way
+            log.warning("the first batch of shard %d of job %s was not loaded ahead: %s", shard, job, exc)
+            return None

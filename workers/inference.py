@@ -22,8 +22,8 @@ from tasks.store import StoreEntry, TensorStore
 from workers.backends import create_backend
 from workers.backends.base import MAX_DETS, InferenceBatch
 from workers.device_thread import DeviceThread
-from workers.next_shard import NEXT_SHARD_LEAD_S, NextShard
 from workers.devices import attest
+from workers.next_shard import NEXT_SHARD_LEAD_S, NextShard
 from workers.reaper import give_back
 
 log = logging.getLogger("workers.inference")
@@ -97,7 +97,7 @@ class ShardRunner:
         if self._marked is not None and self.lease.held:
             self.lease.mark({**self._marked, "next": next_record})
 
-    def _preload(self, job_id: str, shard: int) -> "Preloaded | None":
+    def _preload(self, job_id: str, shard: int) -> Preloaded | None:
         """On the loader thread: the next shard's first batch, loaded as run_shard would (same backend only)."""
         params = self.state.params(job_id)
         if self.backend is None or (params.backend, params.model, params.precision) != self._backend_key:

@@ -66,7 +66,7 @@ class Reaper:
         if self.stragglers:
             reissue_stragglers(self.state)
 
-    def start(self) -> "Reaper":
+    def start(self) -> Reaper:
         self._loop.start()
         return self
 

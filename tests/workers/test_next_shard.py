@@ -8,10 +8,10 @@ import signal
 import socket
 
 import pytest
-
 from real_processes import wait_for
-from tasks.state import JobState
 from test_worker_failover import finish, submit
+
+from tasks.state import JobState
 
 HOST = socket.gethostname()
 

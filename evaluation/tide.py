@@ -15,7 +15,9 @@ and a ground-truth box that no detection matched and no Loc or Cls error points 
 dAP of a type is AP50 with that type's errors fixed minus AP50 as it is: a Loc or Cls error becomes
 a true positive (the highest-scoring one per ground-truth box, the others are suppressed), Dupl,
 Bkg and Both errors are suppressed, a Miss leaves the ground truth. AP here is TIDE's: 101-point
-interpolated, averaged over the classes with a detection or a ground-truth box, in AP points (x100).
+interpolated, in AP points (x100), averaged over the classes with a ground-truth box as COCOeval does
+(TIDE also averages in classes with detections only, at AP 0: on a subset of COCO's classes that
+puts its AP50 far below COCOeval's).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ class Outcome:
     points: list = field(default_factory=list)  # (class, score, true) of true positives
     errors: list = field(default_factory=list)  # (type, class, score, fix) fix: None, "tp" or (class, gt key)
     gt_count: dict = field(default_factory=lambda: defaultdict(int))
-    classes: set = field(default_factory=set)
+    gt_classes: set = field(default_factory=set)  # classes with a (non-crowd) ground-truth box
     per_image: dict = field(default_factory=dict)  # image id -> {"tp": [...], type: [...]} (result indices, gt)
     misses: list = field(default_factory=list)  # (class, image id, gt index)
     best: dict = field(default_factory=dict)  # (image id, gt index) -> the error that a Loc/Cls fix turns true
@@ -56,7 +58,7 @@ def _image(outcome: Outcome, image_id: int, dets: list[tuple[int, dict]], anns: 
     crowd = [a for a in anns if a.get("iscrowd", 0)]
     for g in gts:
         outcome.gt_count[g["category_id"]] += 1
-        outcome.classes.add(g["category_id"])
+        outcome.gt_classes.add(g["category_id"])
     dets = sorted(dets, key=lambda d: -d[1]["score"])[:MAX_DETS]
     verdicts: dict[str, list] = defaultdict(list)
     outcome.per_image[image_id] = verdicts
@@ -88,7 +90,6 @@ def _image(outcome: Outcome, image_id: int, dets: list[tuple[int, dict]], anns: 
     usable = np.zeros(len(gts), dtype=bool)
     for i, (index, d) in enumerate(dets):
         cls, score = d["category_id"], d["score"]
-        outcome.classes.add(cls)
         if ignored[i]:
             continue
         if matched[i] >= 0:
@@ -162,7 +163,8 @@ def _class_ap(scores: np.ndarray, true: np.ndarray, n_gt: int) -> float:
 
 
 def mean_ap(points: list, gt_count: dict, classes: set) -> float:
-    """TIDE's mAP over the classes with a data point or a ground-truth box."""
+    """The mean AP over `classes` (those with ground truth); one left with neither ground truth nor data point
+    (a Miss fix took its every box) is left out, as TIDE leaves it out."""
     by_class: dict[int, list] = defaultdict(list)
     for cls, score, true in points:
         by_class[cls].append((score, true))
@@ -187,14 +189,14 @@ def _fixed(outcome: Outcome, kind: str) -> float:
     if kind == "Miss":
         for cls, _, _ in outcome.misses:
             gt_count[cls] -= 1
-    return mean_ap(points, gt_count, outcome.classes)
+    return mean_ap(points, gt_count, outcome.gt_classes)
 
 
 def breakdown(annotation: dict, results: list[dict]) -> dict:
     """{"ap50": TIDE's AP50, "dAP": type -> AP points gained by fixing it, "counts": type -> errors}."""
     outcome = classify(annotation, results)
     base_points = outcome.points + [(cls, score, False) for _, cls, score, _ in outcome.errors]
-    ap = mean_ap(base_points, outcome.gt_count, outcome.classes)
+    ap = mean_ap(base_points, outcome.gt_count, outcome.gt_classes)
     counts = {kind: 0 for kind in ERROR_TYPES}
     for kind, *_ in outcome.errors:
         counts[kind] += 1

@@ -61,9 +61,9 @@ def tide_plot(path: Path, tide: dict) -> str:
     return _save(fig, path)
 
 
-def draw_gallery_image(path: Path, image_path: Path, entry: dict) -> str | None:
-    """The image with its ground truth (green, missed orange) and detections (blue true, red false, with the
-    error type); None when the image cannot be read."""
+def draw_boxes(path: Path, image_path: Path, boxes: list[tuple]) -> str | None:
+    """The image with (COCO bbox, RGB colour, line width, label or None) boxes drawn in order, as a PNG;
+    None when the image cannot be read."""
     from PIL import Image, ImageDraw, UnidentifiedImageError
     try:
         with Image.open(image_path) as im:
@@ -73,23 +73,24 @@ def draw_gallery_image(path: Path, image_path: Path, entry: dict) -> str | None:
     scale = min(4.0, GALLERY_WIDTH / max(image.width, image.height, 1))  # small images grow: labels stay legible
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
     draw = ImageDraw.Draw(image)
-
-    def rect(bbox, colour, width, label=None):
+    for bbox, colour, width, label in boxes:
         x, y, w, h = (v * scale for v in bbox)
         draw.rectangle([x, y, x + w, y + h], outline=colour, width=width)
         if label:
             draw.text((x + 2, max(0, y - 11)), label, fill=colour)
-
-    for g in entry["ground_truth"]:
-        rect(g["bbox"], COLOURS["missed" if g["missed"] else "gt"], 3 if g["missed"] else 2,
-             f"missed {g['class']}" if g["missed"] else None)
-    for d in entry["detections"]:
-        true = d["verdict"] == "tp"
-        rect(d["bbox"], COLOURS["tp" if true else "fp"], 2,
-             f"{d['class']} {d['score']:.2f}" + ("" if true else f" {d['verdict']}"))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
     return str(path)
+
+
+def draw_gallery_image(path: Path, image_path: Path, entry: dict) -> str | None:
+    """Ground truth (green, missed orange) and detections (blue true, red false with the error type)."""
+    boxes = [(g["bbox"], COLOURS["missed" if g["missed"] else "gt"], 3 if g["missed"] else 2,
+              f"missed {g['class']}" if g["missed"] else None) for g in entry["ground_truth"]]
+    boxes += [(d["bbox"], COLOURS["tp" if d["verdict"] == "tp" else "fp"], 2,
+               f"{d['class']} {d['score']:.2f}" + ("" if d["verdict"] == "tp" else f" {d['verdict']}"))
+              for d in entry["detections"]]
+    return draw_boxes(path, image_path, boxes)
 
 
 def write_analysis(run_dir: Path, report: dict, results: list[dict] | None) -> dict | None:

@@ -52,15 +52,14 @@ def test_dap_of_each_fix():
     annotation, results = hand_made()
     out = breakdown(annotation, results)
     assert out["counts"] == {"Cls": 1, "Loc": 1, "Both": 1, "Dupl": 1, "Bkg": 2, "Miss": 1}
-    # class 1 has 3 boxes and its first detection is its only true positive; class 2 nothing; class 3 no box
-    base = ap_points([(1 / 3, 1.0)]) / 3
+    # class 1 has 3 boxes and its first detection is its only true positive; class 2 nothing; class 3 has no
+    # box and, as in COCOeval, does not count
+    base = ap_points([(1 / 3, 1.0)]) / 2
     assert out["ap50"] == pytest.approx(base)
     dap = out["dAP"]
-    assert dap["Cls"] == pytest.approx(100 / 3)  # class 2's box found by the fixed detection: AP 100
+    assert dap["Cls"] == pytest.approx(100 / 2)  # class 2's box found by the fixed detection: AP 100
     # Loc fixed: class 1 is T F F T -> precision 1 to recall 1/3, then 2/4 to 2/3
-    assert dap["Loc"] == pytest.approx(ap_points([(1 / 3, 1.0), (2 / 3, 0.5)]) / 3 - base)
-    assert dap["Miss"] == pytest.approx(ap_points([(1 / 2, 1.0)]) / 3 - base)  # class 1 down to 2 boxes
-    # suppressing false positives that all score below the only true positive gives nothing back ...
-    assert dap["Dupl"] == dap["Bkg"] == 0.0
-    # ... but class 3, with no box, had only the Both detection: without it TIDE averages over two classes
-    assert dap["Both"] == pytest.approx(ap_points([(1 / 3, 1.0)]) / 2 - base)
+    assert dap["Loc"] == pytest.approx(ap_points([(1 / 3, 1.0), (2 / 3, 0.5)]) / 2 - base)
+    assert dap["Miss"] == pytest.approx(ap_points([(1 / 2, 1.0)]) / 2 - base)  # class 1 down to 2 boxes
+    # suppressing false positives that all score below the only true positive gives nothing back
+    assert dap["Dupl"] == dap["Bkg"] == dap["Both"] == 0.0

@@ -11,7 +11,7 @@ import numpy as np
 
 from commandline import UsageError
 from evaluation.coco_eval import evaluate
-from evaluation.matching import match_detections
+from evaluation.matching import ap_ratio, match_detections
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -104,12 +104,6 @@ def onnx_session(path: str, threads: int):
 def batches(items: list[ImageItem], size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def ap_ratio(ap_torch: float, ap_onnx: float) -> float:
-    if ap_torch > 0:
-        return ap_onnx / ap_torch
-    return 1.0 if ap_onnx == ap_torch else float("inf")
 
 
 def run(args) -> int:

@@ -15,6 +15,7 @@ class MatchResult:
     extra: int  # produced detections matched by no reference detection
     max_box_diff: float  # over matched pairs (0 when none)
     max_score_diff: float
+    pairs: tuple = ()  # (reference row, produced row) of each match, rows counted without padding
 
     @property
     def unmatched(self) -> int:
@@ -42,7 +43,7 @@ def match_detections(ref_dets: np.ndarray, ref_labels: np.ndarray, dets: np.ndar
     ref_dets, ref_labels = _real_rows(ref_dets, ref_labels)
     dets, labels = _real_rows(dets, labels)
     used = np.zeros(len(dets), dtype=bool)
-    matched, max_box, max_score = 0, 0.0, 0.0
+    matched, max_box, max_score, pairs = 0, 0.0, 0.0, []
     for i in np.argsort(-ref_dets[:, 4], kind="stable"):
         box_diff = np.abs(dets[:, :4] - ref_dets[i, :4]).max(axis=1) if len(dets) else np.zeros(0)
         score_diff = np.abs(dets[:, 4] - ref_dets[i, 4])
@@ -51,7 +52,15 @@ def match_detections(ref_dets: np.ndarray, ref_labels: np.ndarray, dets: np.ndar
             continue
         j = int(np.flatnonzero(ok)[np.argmin(box_diff[ok] / box_tol + score_diff[ok] / score_tol)])
         used[j] = True
+        pairs.append((int(i), j))
         matched += 1
         max_box = max(max_box, float(box_diff[j]))
         max_score = max(max_score, float(score_diff[j]))
-    return MatchResult(len(ref_dets), matched, int((~used).sum()), max_box, max_score)
+    return MatchResult(len(ref_dets), matched, int((~used).sum()), max_box, max_score, tuple(pairs))
+
+
+def ap_ratio(ap_reference: float, ap: float) -> float:
+    """AP / AP of the reference, the conversion recipe's figure (1 when both are 0)."""
+    if ap_reference > 0:
+        return ap / ap_reference
+    return 1.0 if ap == ap_reference else float("inf")

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "orchestrator.cancel",
     "orchestrator.selftest",
     "orchestrator.dashboard",
+    "orchestrator.compare",
 )
 
 
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m orchestrator submit --batch 1,4,8,16 --dashboard\n"
         "  python -m orchestrator status --broker redis://head:6379/0\n"
         "  python -m orchestrator cancel JOB --broker redis://head:6379/0\n"
-        "  python -m orchestrator resume JOB --broker redis://head:6379/0",
+        "  python -m orchestrator resume JOB --broker redis://head:6379/0\n"
+        "  python -m orchestrator compare RUN_A RUN_B",
         COMMAND_MODULES)
 
 

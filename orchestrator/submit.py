@@ -11,9 +11,12 @@ from orchestrator.bins import report_line, write_bins
 from orchestrator.cli import (add_broker_arg, add_broker_timeout_arg, add_run_dir_arg, broker_tls, check_broker_timeout,
                               open_state, positive_int)
 from orchestrator.cluster import ClusterError, LocalCluster
+from orchestrator.compare import run_compare
+from orchestrator.comparison import load_run
 from orchestrator.dashboard import AUTH_ENV, start_dashboard
 from orchestrator.inputs import resolve
 from orchestrator.jobs import Watcher, live_devices, new_job_id, run_job
+from orchestrator.manifest import sha256_file
 from orchestrator.model_files import check_model_file
 from orchestrator.reporting.console import sample_banner
 from orchestrator.sweep import batch_models, follow_sweep, parse_batches, sweep_jobs
@@ -99,7 +102,20 @@ def plan(args, batches: list[int]) -> Submission:
                        run_dir=str(run_root / job_id))
     jobs = sweep_jobs(params, batches, models) if len(batches) > 1 else [params]
     checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+    if args.compare_with:
+        check_compare_with(args.compare_with, run_root, inputs.annotation, len(jobs))
     return Submission(jobs, images, checkpoint)
+
+
+def check_compare_with(run: str, run_root: Path, annotation: str, n_jobs: int) -> None:
+    """The run to compare with must be finished and on the same annotation file: said before the job starts."""
+    if n_jobs > 1:
+        raise UsageError("--compare-with compares one job with a run: give one batch size (--compare-with)")
+    other = load_run(run, run_root)
+    theirs = (other.report.get("manifest") or {}).get("annotation_sha256")
+    if theirs and theirs != sha256_file(annotation):
+        raise UsageError(f"run {other.name} evaluated another annotation file ({other.report['params']['annotation']}) "
+                         "(--compare-with)")
 
 
 def embedded_devices(spec: str | None) -> list[str]:
@@ -128,6 +144,15 @@ def run(args) -> int:
     batches = check_flags(args)
     submission = plan(args, batches)
     devices = None if args.broker else embedded_devices(args.devices)
+    code = evaluate(args, submission, devices)
+    job_dir = Path(submission.jobs[0].run_dir)
+    if args.compare_with and (job_dir / "report.json").is_file():
+        run_compare(args.compare_with, str(job_dir), Path(args.run_dir))
+    return code
+
+
+def evaluate(args, submission: Submission, devices: list[str] | None) -> int:
+    """The jobs run, on the given broker or an embedded cluster; the exit code of their reports."""
     if args.write_bins:
         export_bins(submission.images, submission.jobs[0], args.write_bins)
     if submission.sample:
@@ -197,4 +222,7 @@ def register(sub) -> None:
     p.add_argument("--dashboard", action="store_true",
                    help=f"also start Flower on the embedded cluster and print its URL (login from {AUTH_ENV})")
     p.add_argument("--dashboard-port", type=int, help="Flower's port with --dashboard (default: a free one)")
+    p.add_argument("--compare-with", metavar="RUN",
+                   help="at the end, compare this job with a finished run (folder or job id, the reference): "
+                        "`compare RUN JOB`, its folder beside the run folders")
     p.set_defaults(func=run)

@@ -6,6 +6,7 @@ Screenshots are test artefacts: they go to $EVALUATOR_TEST_ARTIFACTS, else test-
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -16,6 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS_ENV = "EVALUATOR_TEST_ARTIFACTS"
+_CONSOLE = re.compile(r":CONSOLE[^\]]*\] (.*)")  # a console message, as Chromium logs it with --enable-logging
 _BLOCKS = {"tr", "p", "div", "li", "h1", "h2", "h3", "h4", "header", "section", "table", "thead", "tbody", "tfoot"}
 
 
@@ -68,15 +70,19 @@ def page_text(html: str) -> str:
 
 
 def render(url: str, screenshot: Path, wait_ms: int = 5000, size: tuple[int, int] = (1280, 900),
-           timeout_s: float = 90.0) -> str:
+           timeout_s: float = 90.0, console: list | None = None) -> str:
     """Load `url` (a login may be in it: user:password@host) in headless Chromium, let its scripts run for
-    `wait_ms` of page time, save a PNG screenshot and return the page's text."""
+    `wait_ms` of page time, save a PNG screenshot and return the page's text; `console` gets the page's console
+    messages (Chromium's log does not say their level)."""
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:  # its own profile: tests may run side by side
         out = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                              "--no-first-run", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                              "--no-first-run", "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}",
+                              f"--window-size={size[0]},{size[1]}",
                               f"--virtual-time-budget={wait_ms}", f"--screenshot={screenshot}", "--dump-dom", url],
                              capture_output=True, text=True, timeout=timeout_s, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
+    if console is not None:
+        console += [m.group(1) for m in map(_CONSOLE.search, out.stderr.splitlines()) if m]
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"no PNG screenshot at {screenshot}"
     return page_text(out.stdout)

@@ -121,6 +121,39 @@ def _manifest(report: dict) -> list[str]:
     return lines
 
 
+TIDE_MEANING = {"Cls": "right box, wrong class", "Loc": "right class, box IoU 0.1-0.5",
+                "Both": "wrong class and a poor box", "Dupl": "a second detection of a found box",
+                "Bkg": "nothing there (IoU <= 0.1)", "Miss": "a box no detection found"}
+
+
+def _analysis(report: dict) -> list[str]:
+    a = report.get("analysis")
+    if not a:
+        return []
+    lines = ["## Error analysis", ""]
+    if "skipped" in a:
+        return lines + [f"Not made: {a['skipped']}.", ""]
+    t = a["tide"]
+    lines += [f"TIDE (Bolya et al. 2020; foreground IoU 0.5, background IoU 0.1): AP50 {t['ap50']:.2f} points "
+              "by its own count; dAP is what fixing every error of a type gives back, in AP50 points.", ""]
+    lines += table(["error type", "what", "errors", "dAP"],
+                   [[k, TIDE_MEANING[k], t["counts"][k], _n(t["dAP"][k], ".2f")] for k in t["dAP"]])
+    plots = a.get("plots") or {}
+    titles = {"pr_curves": "precision-recall curves", "per_class_ap": "AP per class, sorted",
+              "tide": "TIDE dAP per error type"}
+    lines += [f"![{titles[name]}]({path})" for name, path in plots.items()] + ([""] if plots else [])
+    g = a["gallery"]
+    lines += [f"### Images with most false positives and misses (detections scoring >= {g['score']:g})", "",
+              "Green: ground truth; orange: missed; blue: a true positive; red: a false positive with its error type.",
+              ""]
+    if not g["images"]:
+        return lines + ["No false positive and no miss at that score.", ""]
+    lines += table(["image id", "file", "false positives", "misses"],
+                   [[e["image_id"], e["file_name"], e["false_positives"], e["misses"]] for e in g["images"]])
+    lines += [f"![image {e['image_id']}]({e['png']})" for e in g["images"] if e.get("png")]
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     """The whole report.md."""
     lines = _header(report) + _ap(report) + _throughput(report)
@@ -131,7 +164,7 @@ def markdown(report: dict) -> str:
     plots = report.get("plots") or {}
     if plots:
         lines += ["## Plots", ""] + [f"![{name.replace('_', ' ')}]({path})" for name, path in plots.items()] + [""]
-    lines += _manifest(report)
+    lines += _analysis(report) + _manifest(report)
     return "\n".join(lines)
 
 

@@ -5,8 +5,10 @@ import json
 import sys
 from pathlib import Path
 
+from orchestrator.reporting.analysis_plots import write_analysis
 from orchestrator.reporting.console import render, render_sweep, stdout_console
 from orchestrator.reporting.data import collect, derive, sweep_summary
+from orchestrator.reporting.html import write_html
 from orchestrator.reporting.markdown import markdown, sweep_markdown
 from orchestrator.reporting.plots import write_plots, write_sweep_plots
 from tasks.state import JobState
@@ -14,8 +16,9 @@ from tasks.state import JobState
 
 def write_run_files(run_dir: str | Path, report: dict, results: list[dict] | None, text: str | None,
                     batches: list[dict] | None = None) -> Path:
-    """report.json (every number), report.md, plots/*.png, report.txt (the table), batches.json (every device
-    call) and results.json (COCO results) in the run folder; None leaves that file as it is."""
+    """report.json (every number), report.md and report.html, plots/*.png, the error analysis' gallery/*.png,
+    report.txt (the table), batches.json (every device call) and results.json (COCO results) in the run folder;
+    None leaves that file as it is."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if batches is None and (run_dir / "batches.json").is_file():
@@ -24,8 +27,11 @@ def write_run_files(run_dir: str | Path, report: dict, results: list[dict] | Non
         (run_dir / "batches.json").write_text(json.dumps(batches))
     derive(report)
     report["plots"] = write_plots(run_dir / "plots", report, batches)
+    report["analysis"] = write_analysis(run_dir, report, results)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (run_dir / "report.md").write_text(markdown(report))
+    text = markdown(report)
+    (run_dir / "report.md").write_text(text)
+    write_html(run_dir, text, f"Evaluation report: job {report['job']}")
     if text is not None:
         (run_dir / "report.txt").write_text(text)
     if results is not None:
@@ -51,13 +57,15 @@ def rewrite_job(state: JobState, job_id: str, run_dir: str | Path, with_results:
 
 
 def write_sweep(folder: Path, sweep_id: str, reports: list[dict]) -> dict:
-    """sweep.json, report.md and the FPS-against-batch plot in the sweep's run folder."""
+    """sweep.json, report.md, report.html and the FPS-against-batch plot in the sweep's run folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sweep = sweep_summary(sweep_id, reports)
     sweep["plots"] = write_sweep_plots(folder / "plots", sweep["rows"])
     (folder / "sweep.json").write_text(json.dumps(sweep, indent=1))
-    (folder / "report.md").write_text(sweep_markdown(sweep))
+    text = sweep_markdown(sweep)
+    (folder / "report.md").write_text(text)
+    write_html(folder, text, f"Batch sweep {sweep_id}")
     return sweep
 
 

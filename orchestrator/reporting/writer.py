@@ -29,9 +29,9 @@ def write_run_files(run_dir: str | Path, report: dict, results: list[dict] | Non
     report["plots"] = write_plots(run_dir / "plots", report, batches)
     report["analysis"] = write_analysis(run_dir, report, results)
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
-    text = markdown(report)
-    (run_dir / "report.md").write_text(text)
-    write_html(run_dir, text, f"Evaluation report: job {report['job']}")
+    md = markdown(report)
+    (run_dir / "report.md").write_text(md)
+    write_html(run_dir, md, f"Evaluation report: job {report['job']}")
     if text is not None:
         (run_dir / "report.txt").write_text(text)
     if results is not None:

@@ -30,7 +30,7 @@ from tasks.streaming import ResultStream, follow_job  # noqa: E402
 
 
 
-def write_job(state: JobState, job_id: str, ann: Path, results: list[dict], shard: int, coco_eval: str,
+def write_job(state: JobState, lease, job_id: str, ann: Path, results: list[dict], shard: int, coco_eval: str,
               last: bool = True) -> list[tuple[int, dict]]:
     """The job and its shard results; with `last` False the last shard's payload is returned, not written."""
     images = read_images(ann)
@@ -41,8 +41,6 @@ def write_job(state: JobState, job_id: str, ann: Path, results: list[dict], shar
     state.create(JobParams(job_id=job_id, annotation=str(ann), image_dir=str(ann.parent), backend="groundtruth",
                            batch=8, coco_eval=coco_eval), shards)
     state.set_status(job_id, "running")
-    lease = state.device_lease("cpu:0", 3600, host="bench")  # the writer's fencing number, as a device has one
-    lease.try_acquire()
     payloads = [(i, {"image_ids": [im["id"] for im in s], "unreadable": {},
                      "results": [r for im in s for r in by_image.get(im["id"], [])]}) for i, s in enumerate(shards)]
     for i, payload in payloads[:-1] if not last else payloads:
@@ -69,8 +67,10 @@ def main() -> int:
         try:
             state = JobState.open(server.url)
             rows = []
+            lease = state.device_lease("cpu:0", 3600, host="bench")  # the writer's fencing number, as a device's
+            lease.try_acquire()
             # streaming: the follower has everything but the last shard when it arrives
-            payloads = write_job(state, "stream", ann, results, args.shard, "faster-coco-eval", last=False)
+            payloads = write_job(state, lease, "stream", ann, results, args.shard, "faster-coco-eval", last=False)
             stream_ready = threading.Event()
             original_poll = ResultStream.poll
 
@@ -85,15 +85,13 @@ def main() -> int:
             follower.start()
             stream_ready.wait()
             t_last = time.time()
-            lease = state.device_lease("cpu:0", 3600, host="bench")
-            lease.try_acquire()
             state.write_result("stream", payloads[-1][0], payloads[-1][1], lease.fence_key, lease.fence)
             follower.join()
             ResultStream.poll = original_poll
             rows.append(("streaming", "faster-coco-eval", time.time() - t_last, done["report"]))
             for evaluator in ("faster-coco-eval",) + (() if args.no_pycocotools else ("pycocotools",)):
                 job = f"one-{evaluator}"
-                write_job(state, job, ann, results, args.shard, evaluator)
+                write_job(state, lease, job, ann, results, args.shard, evaluator)
                 t = time.time()
                 report = reduce_job(state, job)
                 rows.append(("one go", evaluator, time.time() - t, report))

@@ -4,7 +4,8 @@ while the last batch of this one runs, so the device never waits for tensors bet
 How: when the shard is expected to end within NEXT_SHARD_LEAD_S (its batches left x the last batch's seconds), or
 at its last batch, the worker raises its consumer's prefetch count by one (kombu's QoS), so one more infer message
 is reserved. Celery's consumer loop applies the new count at its next turn: the threads pool runs `synloop`,
-which waits up to 2 s for messages per turn, hence a lead of 3 s rather than one batch; when it arrives (Celery's
+which waits up to 2 s for messages per turn; a remote-control ping to this worker alone (a pidbox message on
+the same connection) ends that wait at once, and the lead of 3 s covers a ping that does not arrive; when it arrives (Celery's
 `task_received` signal, on the consumer's thread) its shard is recorded in the device lease as `next` and its
 first batch is loaded on the worker's loader thread. When the shard ends the count goes back down: a worker
 never holds more than one shard beyond the one it runs, and only for about NEXT_SHARD_LEAD_S plus a batch (fairness). If the worker
@@ -66,6 +67,14 @@ class NextShard:
                 return
             self._raised = self._wanted = True
         self.consumer.qos.increment_eventually()
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the consumer loop's wait for messages, so it applies the new prefetch count now."""
+        try:
+            self.consumer.app.control.broadcast("ping", destination=[self.consumer.hostname], reply=False)
+        except Exception as exc:  # noqa: BLE001 - the loop applies the count at its next turn anyway (<= 2 s)
+            log.debug("could not wake the consumer: %s", exc)
 
     def release(self) -> None:
         """The shard ended: back to the usual prefetch count (the next shard, if one came, is queued to run)."""

@@ -7,7 +7,7 @@ string through their `global_keyprefix` transport option (tasks/settings.py).
 | key | type | what |
 |---|---|---|
 | `P:jobs` | sorted set | job ids by submit time |
-| `P:job:ID` | hash | params (JSON), status, counts (n_images, n_shards, images_done, shards_done, images_inferred, device_store_hits, pool_*), timestamps, error, manifest, resumes |
+| `P:job:ID` | hash | params (JSON), status, counts (n_images, n_shards, images_done, shards_done, images_inferred, device_store_hits, pool_*, refused_stale, refused_duplicate), timestamps, error, manifest, resumes |
 | `P:job:ID:shards` | hash | shard -> JSON list of {"id", "file", "w", "h"} |
 | `P:job:ID:results` | hash | shard -> JSON payload, written once (write_result.lua) |
 | `P:job:ID:batches` | list | JSON batch records (device, shard, size, t_start, t_end, ...) |

@@ -125,34 +125,67 @@ def test_onnx_model_file_picks_the_onnxruntime_backend(shared_cluster, tmp_path,
     assert report["manifest"]["model_sha256"] and report["manifest"]["annotation_sha256"]
 
 
+STALL_S = 4.0  # long enough for the second copy to be taken, run and written while the first sleeps
+
+
+def in_flight(state, job, device):
+    """The shard `device` runs for `job` now (its lease record's {"job", "shard", ...}); None when it runs none."""
+    for record in state.leases.records():
+        shard = record.get("shard")
+        if record["device"] == device and shard and shard["job"] == job:
+            return shard
+    return None
+
+
 @pytest.mark.slow
-def test_duplicate_delivery_is_counted_once_and_a_deleted_result_is_named(shared_cluster, tmp_path, processes):
+def test_a_second_copy_delivered_while_the_first_runs_is_written_once_and_a_deleted_result_is_named(
+        shared_cluster, tmp_path, processes):
     ann, img = write_boxes_set(tmp_path / "set", 24)
     url = shared_cluster["url"]
     state = JobState.open(url)
+    job_flags = ["--batch", "2", "--shard-size", "2", "--static-size", "320"]  # one batch a shard: each copy writes
+    out, undisturbed = submit_to(shared_cluster, tmp_path / "undisturbed", ann, img,
+                                 "--backend", "sim:100ms,answers=detector", *job_flags)
+    assert out.returncode == 0, out.stderr
+
     known = set(state.job_ids())
+    # cpu:0's first call of the job sleeps STALL_S more: the first copy of its first shard is held there
     submit = processes.spawn("submit", ["-m", "orchestrator", "submit", "--broker", url, "--annotations", str(ann),
-                                        "--images", str(img), "--backend", "sim:100ms", "--batch", "2",
-                                        "--shard-size", "4", "--static-size", "320",
+                                        "--images", str(img), "--backend",
+                                        f"sim:100ms,answers=detector,stall={STALL_S:g}s@cpu:0#0", *job_flags,
                                         "--run-dir", str(tmp_path / "runs")], url)
     job = wait_for(lambda: set(state.job_ids()) - known, 60, what="the job").pop()
-    wait_for(lambda: state.has_result(job, 0), 60, what="shard 0")
-    state.tasks.infer(job, 0, 2, redelivered_from="test")  # shard 0 delivered a second time, mid-job
+    shard = int(wait_for(lambda: in_flight(state, job, "cpu:0"), 60, poll_s=0.01, what="cpu:0's first shard")["shard"])
+    # the test is the one redelivery of this shard: the straggler rule, which also gives a shard once, stays out
+    assert state.mark_reissued(job, shard, {"from": "cpu:0", "why": "delivered again by the test"})
+    state.tasks.infer(job, shard, 2, redelivered_from="test")
     assert submit.wait(120) == 0, processes.log(submit)[-2000:]
-    wait_for(lambda: any(r["shard"] == 0 for r in state.batches(job)), 5, what="batch records")
+    # both outcomes: the second copy's write, then the first copy's write refused by HSETNX (not by the fence)
+    wait_for(lambda: state.summary(job).get("refused_duplicate"), STALL_S + 10, what="the first copy's write")
     s = state.summary(job)
-    assert (s["shards_done"], s["images_done"], s["n_shards"]) == (6, 24, 6)
+    assert (s.get("refused_duplicate"), s.get("refused_stale")) == (1, None)
+    written = state.results(job)[shard]
+    assert written["device"] == "cpu:1"  # the second copy won
+    assert sorted(written["image_ids"]) == sorted(im["id"] for im in state.all_shards(job)[shard])
+    copies = [r for r in state.batches(job) if r["shard"] == shard]
+    assert sorted(r["device"] for r in copies) == ["cpu:0", "cpu:1"]  # each copy ran its batch
+    first, second = sorted(copies, key=lambda r: r["device"])
+    assert first["t_start"] < second["t_start"] and second["t_end"] < first["t_end"]  # the second inside the first
+    assert (s["shards_done"], s["images_done"], s["n_shards"]) == (12, 24, 12)
     report = state.report(job)
     assert report["coverage"]["ok"] and report["coverage"]["counted"] == 24 and report["status"] == "done"
+    assert report["coverage"]["duplicated"] == [] and report["coverage"]["missing"] == []
+    assert 0 < report["ap"]["stats"]["AP"] < 1  # detector-like answers: 12 numbers worth comparing
+    assert report["ap"]["stats"] == undisturbed["ap"]["stats"]
     status = run_cli("status", job, "--broker", url)
-    assert f"{job}  done" in status.stdout and "shards 6/6" in status.stdout
+    assert f"{job}  done" in status.stdout and "shards 12/12" in status.stdout
     assert "shards without a result: none" in status.stdout and "cpu:0: held by" in status.stdout
 
     missing = sorted(im["id"] for im in state.all_shards(job)[2])
     state.r.hdel(state.keys.job_part(job, "results"), "2")
     out = run_cli("report", job, "--broker", url, "--reduce", "--run-dir", str(tmp_path / "runs"))
     assert out.returncode == 1
-    assert f"missing image ids (4): {', '.join(map(str, missing))}; shards without a result: 2" in out.stdout
+    assert f"missing image ids (2): {', '.join(map(str, missing))}; shards without a result: 2" in out.stdout
 
 
 @pytest.mark.slow

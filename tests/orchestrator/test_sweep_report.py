@@ -36,9 +36,9 @@ def write_car_set(folder: Path):
     return ann, folder / "images"
 
 
-def md_numbers(text: str) -> list[tuple[str, str]]:
-    """(column header, cell) of every numeric cell of every markdown table."""
-    out, header = [], None
+def md_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header, rows of cells) of every markdown table."""
+    tables, header = [], None
     for line in text.splitlines():
         if not line.startswith("|"):
             header = None
@@ -46,31 +46,62 @@ def md_numbers(text: str) -> list[tuple[str, str]]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if header is None:
             header = cells
+            tables.append((header, []))
         elif not set("".join(cells)) <= set("-"):
-            out += [(h, c) for h, c in zip(header, cells) if NUMBER.match(c)]
-    return out
+            tables[-1][1].append(cells)
+    return tables
 
 
-def json_numbers(node) -> list[float]:
-    if isinstance(node, bool):
-        return []
-    if isinstance(node, (int, float)):
-        return [node]
-    if isinstance(node, dict):
-        return [x for v in node.values() for x in json_numbers(v)]
-    if isinstance(node, list):
-        return [x for v in node for x in json_numbers(v)]
-    return []
+def report_fields(report: dict) -> dict[tuple[str, ...], tuple[list, dict]]:
+    """Each table of report.md by its header: (the report.json rows it shows, column -> (field of a row, format))."""
+    ap, pre = report["ap"], report.get("preprocessing") or {}
+    sweep_columns = {"batch": ("batch", "d"), "box AP": ("ap", ".3f"), "device FPS": ("device_fps", ".2f"),
+                     "end-to-end FPS": ("e2e_fps", ".2f"), "p50 ms": ("p50_ms", ".1f"), "p99 ms": ("p99_ms", ".1f"),
+                     "images": ("images", "d"), "preprocessed": ("preprocessed", "d")}
+    return {
+        tuple(ap["stats"]): ([ap["stats"]], {name: (name, ".3f") for name in ap["stats"]}),
+        ("class", "AP"): ([{"class": k, "AP": v} for k, v in ap["per_class"].items()], {"AP": ("AP", ".3f")}),
+        ("device", "images", "batches", "shards", "device FPS", "p50 ms", "p90 ms", "p99 ms", "valid"): (
+            report["fps_table"], {"images": ("images", "d"), "batches": ("batches", "d"), "shards": ("shards", "d"),
+                                  "device FPS": ("device_fps", ".2f"), "p50 ms": ("p50_ms", ".1f"),
+                                  "p90 ms": ("p90_ms", ".1f"), "p99 ms": ("p99_ms", ".1f")}),
+        ("batch", "device", "box AP", "device FPS", "end-to-end FPS", "p50 ms", "p99 ms", "images", "preprocessed",
+         "valid"): (report.get("sweep", {}).get("rows", []), sweep_columns),
+        ("device", "pid", "idle", "how"): (report["attestation"], {"pid": ("pid", "d")}),
+        ("where", "images preprocessed", "read from the store"): (
+            [{"n": pre.get("pool_preprocessed"), "hits": pre.get("pool_store_hits")},
+             {"n": pre.get("device_preprocessed"), "hits": pre.get("device_store_hits")}],
+            {"images preprocessed": ("n", "d"), "read from the store": ("hits", "d")}),
+        ("item", "value"): ([], {}),
+        ("device", "pid", "identity", "backend", "onnxruntime", "torch", "CANN", "NPU driver"): (
+            report["manifest"].get("hosts", []), {"pid": ("pid", "d")}),
+        ("device", "verdict", "what fell short"): ([], {}),
+    }
 
 
-def assert_json_holds_every_table_number(md: str, report: dict) -> int:
-    values = json_numbers(report)
-    cells = md_numbers(md)
-    for header, cell in cells:
-        text = NUMBER.match(cell).group(1)
-        decimals = len(text.split(".")[1]) if "." in text else 0
-        assert any(format(v, f".{decimals}f") == text for v in values), f"{header} = {cell} is not in report.json"
-    return len(cells)
+def assert_each_table_cell_is_its_field(md: str, report: dict) -> int:
+    """Every numeric cell of report.md's tables is its own row's field of report.json, formatted; returns how many."""
+    fields, checked = report_fields(report), 0
+    for header, rows in md_tables(md):
+        assert tuple(header) in fields, f"a table report_fields does not know: {header}"
+        source, columns = fields[tuple(header)]
+        if not columns:
+            assert not any(NUMBER.match(c) for row in rows for c in row[1:]), (header, rows)
+            continue
+        assert len(rows) == len(source), (header, len(rows), len(source))
+        for row, record in zip(rows, source):
+            for column, cell in zip(header, row):
+                if column not in columns:
+                    assert not NUMBER.match(cell) or column in ("device", "class"), (header, column, cell)
+                    continue
+                field, fmt = columns[column]
+                value = record[field]
+                if column == "device FPS" and value is None and "fps_with_warmup" in record:  # warm-up included
+                    value, cell = record["fps_with_warmup"], cell.strip("()")
+                expected = "-" if value is None else format(value, fmt)
+                assert cell == expected, f"{column} = {cell} in report.md, {field} = {value} in report.json"
+                checked += 1
+    return checked
 
 
 def test_batch_list_errors_are_one_line(capsys):
@@ -133,7 +164,7 @@ def check_report_files(job_dir: Path, runs: Path) -> None:
         image = cv2.imread(str(job_dir / rel))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
     md = (job_dir / "report.md").read_text()
-    assert assert_json_holds_every_table_number(md, report) > 40
+    assert assert_each_table_cell_is_its_field(md, report) > 40
     for section in ("Box AP", "Per class", "Throughput", "Batch sweep", "Validity", "Idle attestation",
                     "Preprocessing", "Reproducibility manifest", "annotation sha256", "preprocessing fingerprint"):
         assert section in md, section

@@ -27,8 +27,10 @@ def test_first_write_wins_and_is_counted_once(state):
     state.r.set(FENCE, 1)
     assert state.write_result("j1", 0, payload([1, 2]), FENCE, 1) == ("written", 1)
     assert state.write_result("j1", 0, payload([1, 2, 2]), FENCE, 1) == ("duplicate", 1)
+    assert state.write_result("j1", 0, payload([1, 2]), FENCE, 1) == ("written", 1)  # a replay: counted once
     summary = state.summary("j1")
     assert (summary["shards_done"], summary["images_done"]) == (1, 2)
+    assert (summary["refused_duplicate"], summary.get("refused_stale")) == (1, None)  # the replay is no refusal
     assert state.results("j1")[0]["image_ids"] == [1, 2]  # the duplicate changed nothing
 
 
@@ -36,6 +38,7 @@ def test_stale_fencing_number_is_rejected(state):
     state.r.set(FENCE, 5)  # the device was leased again after our acquisition (fence 4)
     assert state.write_result("j1", 1, payload([3]), FENCE, 4) == ("stale", 0)
     assert not state.has_result("j1", 1)
+    assert (state.summary("j1")["refused_stale"], state.summary("j1").get("refused_duplicate")) == (1, None)
     assert state.write_result("j1", 1, payload([3]), FENCE, 5) == ("written", 1)
 
 

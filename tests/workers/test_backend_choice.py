@@ -1,6 +1,7 @@
 """Backends groundtruth / sim / onnxruntime, and how a spec or a model file picks one."""
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from workers.backends import BackendUnavailable, backend_for_model, check_spec, 
 from workers.backends.base import InferenceBatch
 from workers.backends.onnxruntime_backend import OnnxRuntimeBackend, providers_for
 from workers.backends.sim import SimBackend, parse_latency
+
+SCHEDULING_MARGIN_S = 0.015
 
 
 def batch_for(ann_path, items, size_mode="static", images=None):
@@ -43,11 +46,15 @@ def test_sim_takes_its_latency_per_batch(selftest_set):
     backend = create_backend("sim:60ms")
     assert isinstance(backend, SimBackend) and not backend.needs_pixels
     batch = batch_for(selftest_set[0], [(785, 640, 427)] * 8)
-    t0 = time.perf_counter()
-    for _ in range(5):
+    calls = []
+    for _ in range(9):
+        t0 = time.perf_counter()
         dets, _ = backend.infer(batch)
-    per_batch = (time.perf_counter() - t0) / 5
-    assert 0.060 <= per_batch < 0.070
+        calls.append(time.perf_counter() - t0)
+    # never shorter than its latency; the median call within a margin that a loaded 2-core machine's scheduling
+    # keeps (a call woken a time slice late): far below 2 x 60 ms, so per batch, not per image or stalled
+    assert min(calls) >= 0.060, calls
+    assert statistics.median(calls) < 0.060 + SCHEDULING_MARGIN_S, calls
     assert dets.shape == (8, 100, 5) and (dets[:, :3, 4] > 0).all()  # answers like groundtruth
 
 

@@ -11,6 +11,7 @@ import pytest
 from tasks.keys import Keys
 from tasks.lease import DeviceLease
 from tasks.scripts import Scripts
+from tasks.settings import ClusterTimings
 from tasks.state import connect
 
 REGISTRY = Keys().leases()
@@ -121,3 +122,23 @@ def test_second_worker_waits_and_says_once_who_holds_the_device(client, caplog):
     waits = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
     assert len(waits) == 1
     assert "cpu:0" in waits[0] and "host h pid 4242" in waits[0] and "job j9 shard 7" in waits[0]
+
+
+def test_the_heartbeat_extends_the_lease_every_third_of_its_ttl(client):
+    """README: the lease is extended every TTL/3 (5 s of 15 s): over 4 TTLs, 12 extensions, and it never expires."""
+    ttl_s, window_s = 0.6, 2.4
+    holder = lease(client, 1, ttl_s)
+    assert holder.try_acquire()
+    holder.start_heartbeat(ClusterTimings.with_ttl(ttl_s).heartbeat_s)  # as a device worker starts it
+    extensions, last, lowest = 0, client.pttl(holder.key), ttl_s * 1000
+    deadline = time.monotonic() + window_s
+    while time.monotonic() < deadline:
+        pttl = client.pttl(holder.key)
+        assert pttl > 0, "the lease expired under its heartbeat"
+        extensions += pttl > last
+        last, lowest = pttl, min(lowest, pttl)
+        time.sleep(0.01)
+    holder.release()
+    # every TTL/3 gives 12 (TTL/2 would give 8, TTL/4 16); at worst a beat or two lost to a loaded machine
+    assert 10 <= extensions <= 13, extensions
+    assert lowest > ttl_s * 1000 / 3, lowest  # extended with two thirds of the TTL still to run, give or take

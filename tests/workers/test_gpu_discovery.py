@@ -12,6 +12,8 @@ GPUS = """\
 1, GPU-11f0e2d4-aaaa-bbbb-cccc-111111111111, NVIDIA H100 80GB HBM3, 81559
 2, GPU-2b7d9c31-aaaa-bbbb-cccc-222222222222, NVIDIA H100 80GB HBM3, 81559
 """
+# README, "GPUs": no other compute process, at most 1024 MiB used, utilisation at most 10 %
+README_RULE = "idle = no other compute process, memory used <= 1024 MiB, utilisation <= 10 %"
 
 
 def fake_nvidia_smi(folder, state: str = "0, 3, 81559", apps: str = "") -> "os.PathLike":
@@ -96,7 +98,7 @@ def test_attestation_from_nvidia_smi(bin_dir, state, apps, idle, words):
     assert result["idle"] is idle, result
     for word in words:
         assert word in result["detail"]
-    assert "\n" not in result["detail"] and "1024 MiB" in result["rule"]
+    assert "\n" not in result["detail"] and result["rule"] == README_RULE and result["detail"].endswith(f"({README_RULE})")
 
 
 def test_own_process_does_not_make_the_card_busy(bin_dir):
@@ -105,8 +107,7 @@ def test_own_process_does_not_make_the_card_busy(bin_dir):
 
 
 def test_without_nvidia_smi_the_card_is_not_attested(bin_dir):
-    assert devices.attest("cuda:0") == {"idle": None, "detail": "nvidia-smi not available",
-                                        "rule": devices.attest("cuda:0")["rule"]}
+    assert devices.attest("cuda:0") == {"idle": None, "detail": "nvidia-smi not available", "rule": README_RULE}
     assert devices.cuda_attestation("0, 3, 81559", None, 1)["idle"] is None  # processes not readable
 
 

@@ -1,8 +1,9 @@
 """On a CUDA device: the GPU backends find the CPU model's detections on the oracle photographs.
 
 fp32 (torch on cuda:0, ONNX Runtime's CUDA provider) must match >= 99.9 % of the torch fp32 CPU
-detections (same class, corners within 0.05 px, score within 1e-4) at the 1216 canvas; fp16's
-matched fraction and its AP against fp32 on a generated COCO-format set are printed, not required.
+detections (same class, corners within 0.05 px, score within 1e-4: the CPU parity tests' tolerances)
+at the 1216 canvas, and make no detection the CPU model does not; fp16's matched fraction and its
+AP against fp32 on a generated COCO-format set are printed, not required.
 The checkpoint is the parity checkpoint (bench/gpu_compare.py says why). Skipped, with the reason,
 where there is no CUDA device.
 """
@@ -64,6 +65,7 @@ def assert_matched(what: str, reference, produced) -> dict:
           f"max score diff {totals['max_score_diff']:.2e}")
     assert totals["ref_count"] > 0, "the CPU model found nothing: the comparison would be empty"
     assert totals["fraction"] >= MIN_MATCHED, f"{what}: {totals}"
+    assert totals["extra"] == 0, f"{what}: detections the CPU model does not make: {totals}"
     return totals
 
 

@@ -3,25 +3,22 @@
 # heavy: the `gpu` tests, a look at discovery and idle attestation through the real nvidia-smi, then
 # bench/gpu.py. Everything it prints also lands in $OUT (when set, else ./gpu_check_out).
 #
-#   bash bench/gpu_check.sh --prepare   # here, first: copies the oracle's checkpoint script, parameters and
-#                                       # photographs (1.5 MB) into .gpu_fixtures/ (git-ignored), since
-#                                       # ../shared does not travel with the working tree
-#   bash bench/gpu_check.sh             # on the GPU machine, with .gpu_fixtures and .whl carried along
+#   bash bench/gpu_check.sh --prepare   # here, first: fetches a pycocotools wheel for the GPU image's Python
+#                                       # (3.12) into .whl/ (git-ignored), for the AP columns
+#   bash bench/gpu_check.sh             # on the GPU machine, with .whl carried along
 #
+# The oracle (checkpoint script, parameters, photographs) travels in the repository: tests/fixtures/oracle.
 # Python: .venv/bin/python when it imports torch, else python3 (a CUDA image's own torch and
 # onnxruntime). Wheels found in .whl/ (say pycocotools, for the AP columns) are installed into
 # /tmp/site first, without dependencies or network.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prepare" ]; then
-    src=../shared/fixtures/oracle
-    [ -f "$src/make_checkpoint.py" ] || { echo "error: oracle fixture not found ($src)" >&2; exit 2; }
-    mkdir -p .gpu_fixtures/oracle && cp -r "$src/make_checkpoint.py" "$src/params.npz" "$src/images" .gpu_fixtures/oracle/
     # pycocotools for the AP columns, built for the GPU image's Python (3.12, x86-64); skipped when pip cannot
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl pycocotools \
         || echo "pycocotools wheel not fetched: no AP columns" >&2
-    du -sh .gpu_fixtures .whl 2>/dev/null
+    du -sh .whl 2>/dev/null
     exit 0
 fi
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -32,7 +29,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-[ -d .gpu_fixtures/oracle ] && export EVALUATOR_ORACLE="$PWD/.gpu_fixtures/oracle"
 start=$(date +%s)
 step() { echo; echo "== $1 ($(( $(date +%s) - start )) s)"; }
 

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.gpu
 def oracle():
     folder = compare.oracle_dir()
     if folder is None:
-        pytest.skip("oracle fixture not found (../shared/fixtures/oracle, .gpu_fixtures/oracle or $EVALUATOR_ORACLE)")
+        pytest.skip("oracle fixture not found (tests/fixtures/oracle or $EVALUATOR_ORACLE)")
     return folder
 
 

@@ -16,7 +16,8 @@ string through their `global_keyprefix` transport option (tasks/settings.py).
 | `P:job:ID:reducer` | string, TTL | the reducer lease (token record) |
 | `P:job:ID:report` | string | the reducer's report (JSON) |
 | `P:job:ID:tasks` | set | every task id the job was sent under (for `cancel`) |
-| `P:job:ID:suspects` | hash | `shards` (JSON list), `reduce` (0/1), `t`: what the last lost-work check found unaccounted for |
+| `P:job:ID:preprocessed` | set | shards a preprocessing pool took up (their preprocessing message was not lost) |
+| `P:job:ID:suspects` | hash | `shards`, `preprocess` (JSON lists), `reduce` (0/1), `t`: what the last lost-work check found unaccounted for |
 | `P:recovery` | string, TTL | held by the reaper whose lost-work check runs this interval (one over all reapers) |
 | `P:lease:HOST:DEVICE` | string, TTL | a device lease (token record with its shard in flight) |
 | `P:lease:HOST:DEVICE:fence` | counter | the device's fencing number, one more per acquisition |
@@ -60,7 +61,8 @@ class Keys:
         return self._k("job", job_id)
 
     def job_part(self, job_id: str, part: str) -> str:
-        """`shards`, `results`, `batches`, `shard_times`, `reissued`, `reducer`, `report`, `tasks`, `suspects`."""
+        """`shards`, `results`, `batches`, `shard_times`, `reissued`, `reducer`, `report`, `tasks`, `preprocessed`,
+        `suspects`."""
         assert part in JOB_PARTS, part
         return self._k("job", job_id, part)
 
@@ -91,4 +93,5 @@ class Keys:
         return f"{self.kombu_prefix}{name}"
 
 
-JOB_PARTS = ("shards", "results", "batches", "shard_times", "reissued", "reducer", "report", "tasks", "suspects")
+JOB_PARTS = ("shards", "results", "batches", "shard_times", "reissued", "reducer", "report", "tasks", "preprocessed",
+             "suspects")

@@ -20,6 +20,7 @@ def preprocess_shard(state: JobState, job_id: str, shard: int, store_root: str |
     root = store_root or params.store
     if not root:
         return {"skipped": "no tensor store"}
+    state.note_preprocessing(job_id, shard)
     store = TensorStore(root)
     unreadable = 0
     items = state.shard_items(job_id, shard)

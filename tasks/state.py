@@ -200,6 +200,17 @@ class JobState:
             p.hset(self._job(job_id), "t_resumed", time.time())
             p.execute()
 
+    def note_preprocessing(self, job_id: str, shard: int) -> None:
+        """A preprocessing pool took up the shard (its message was not lost, whatever becomes of the pool)."""
+        self.r.sadd(self._part(job_id, "preprocessed"), shard)
+
+    def preprocessing_taken(self, job_id: str) -> set[int]:
+        return {int(s) for s in self.r.smembers(self._part(job_id, "preprocessed"))}
+
+    def wants_preprocessing(self, job_id: str) -> bool:
+        """Whether the job's shards were sent to a preprocessing pool (a store that was not known warm)."""
+        return int(self.r.hget(self._job(job_id), "preprocess_tasks") or 0) > 0
+
     def add_pool_counts(self, job_id: str, preprocessed: int, store_hits: int) -> None:
         """Where preprocessing happened (the report shows it once per sweep)."""
         with self.r.pipeline() as p:
@@ -304,16 +315,18 @@ class JobState:
             rows = p.execute()
         return [j for j, (status, enqueued) in zip(recent, rows) if status in ("running", "reducing") and enqueued]
 
-    def suspects(self, job_id: str) -> tuple[set[int], bool, float | None]:
-        """What the last check found unaccounted for: shards, the reduce, and when."""
+    def suspects(self, job_id: str) -> tuple[set[int], bool, set[int], float | None]:
+        """What the last check found unaccounted for: shards, the reduce, shards' preprocessing, and when."""
         raw = self.r.hgetall(self._part(job_id, "suspects"))
         if not raw:
-            return set(), False, None
-        return set(json.loads(raw["shards"])), raw.get("reduce") == "1", float(raw["t"])
+            return set(), False, set(), None
+        return (set(json.loads(raw["shards"])), raw.get("reduce") == "1", set(json.loads(raw.get("preprocess", "[]"))),
+                float(raw["t"]))
 
-    def set_suspects(self, job_id: str, shards: list[int], reduce: bool) -> None:
-        self.r.hset(self._part(job_id, "suspects"), mapping={"shards": json.dumps(sorted(shards)),
-                                                             "reduce": int(reduce), "t": time.time()})
+    def set_suspects(self, job_id: str, shards: list[int], reduce: bool, preprocess: list[int] = ()) -> None:
+        self.r.hset(self._part(job_id, "suspects"), mapping={
+            "shards": json.dumps(sorted(shards)), "reduce": int(reduce), "preprocess": json.dumps(sorted(preprocess)),
+            "t": time.time()})
 
     # -- batch timings and the report --------------------------------------------------------------
     def record_batch(self, job_id: str, record: dict) -> None:

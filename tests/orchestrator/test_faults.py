@@ -1,5 +1,5 @@
 """Faults a job rides out with no one at the keyboard: its Redis killed and restarted, a broker away for 10 s,
-a full store disk. Each job completes with exit 0, every image once, the 12 stats of an undisturbed run, and
+a full store disk, a worker's connection gone silent. Each job completes with exit 0, every image once, the 12 stats of an undisturbed run, and
 no traceback on the terminal."""
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from bench.faults import SilentRelay
 from real_processes import wait_for
 from evaluation.coco_eval import DEFAULT_EVALUATOR, evaluate
 from orchestrator.cluster import RedisServer
 from orchestrator.generated_set import write_set
 from tasks.lease import DeviceLease
 from tasks.params import JobParams
+from tasks.settings import SOCKET_TIMEOUT_S
 from tasks.shards import read_images
 from tasks.state import JobState
 from workers.backends import create_backend
@@ -160,3 +162,36 @@ def test_a_full_store_disk_steps_aside_and_the_job_completes(dataset, reference_
         assert report["preprocessing"]["device_preprocessed"] > 0  # the device made what the store could not keep
     finally:
         subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+SILENCE_S = SOCKET_TIMEOUT_S + 5  # past the socket timeout: the worker's stuck commands give up and reconnect
+
+
+def test_a_connection_gone_silent_past_its_socket_timeout_recovers(
+        dataset, reference_stats, processes, redis_url, tmp_path):
+    relay = SilentRelay(redis_url).start()
+    try:
+        silent = processes.device_worker(relay.url, "cpu:0")  # every connection of this worker goes through it
+        workers = [silent, processes.preprocess_pool(redis_url), processes.device_worker(redis_url, "cpu:1")]
+        for w in workers:
+            processes.wait_ready(w)
+        runs = tmp_path / "runs"
+        proc = processes.spawn("submit", submit_args(dataset, runs, "2000ms,load=none", "--broker", redis_url),
+                               redis_url)
+        job, state = followed(processes, proc)
+        wait_for(lambda: any(d.endswith("/cpu:0") for d in state.leases.shards_in_flight(job).values()), 120,
+                 what="cpu:0 to run a shard")
+        (stuck,) = [s for s, d in state.leases.shards_in_flight(job).items() if d.endswith("/cpu:0")]
+        relay.go_silent()
+        time.sleep(SILENCE_S)
+        relay.resume()
+        t_back = time.time()
+        finished(processes, proc, runs, job, reference_stats)
+        batches = state.batches(job)
+        assert any(b["shard"] == stuck and b["device"] == "cpu:1" for b in batches)  # its shard was given back
+        assert any(b["device"] == "cpu:0" and b["t_start"] > t_back for b in batches), \
+            processes.log(silent)[-3000:]  # ... and the worker took shards again once its link was back
+        assert silent.poll() is None
+    finally:
+        processes.stop()  # before the relay closes: a worker that lost its broker would wait for it
+        relay.close()

@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from tasks.app import INFER_QUEUE, REDUCE_QUEUE
+from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE
 from tasks.lease import DeviceLease
 from tasks.params import JobParams
+from tasks.preprocessing import preprocess_shard
 from tasks.recovery import recover_lost_work
 from tasks.state import JobState
 
@@ -101,3 +102,41 @@ def test_a_reducer_at_work_and_jobs_not_fully_enqueued_or_finished_are_left_alon
     state.set_status("k", "running")  # submit is still sending its messages: no t_enqueued yet
     assert check(state) == {} and check(state) == {}
     assert state.queued([INFER_QUEUE, REDUCE_QUEUE]) == []
+
+
+def preprocess_queued(state, job_id: str) -> list[int]:
+    return sorted(int(t.kwargs["shard"]) for t in state.queued([PREPROCESS_QUEUE], job_id))
+
+
+def test_lost_preprocessing_is_enqueued_again_once_and_only_where_it_can_still_help(state, tmp_path):
+    state.set_status("j", "done")  # the fixture's job is not the point here
+    params = JobParams(job_id="p", annotation="a", image_dir=str(tmp_path), backend="sim:1ms", batch=8,
+                       store=str(tmp_path / "store"))
+    state.create(params, [SHARD] * 5)
+    state.set_status("p", "running", preprocess_tasks=5)
+    state.note_enqueued("p")
+    for shard in range(5):
+        state.tasks.infer("p", shard, 8)  # every inference message is there: only preprocessing was lost
+    fence = state.keys.fence(state.keys.lease("h", "cpu:9"))
+    state.r.set(fence, 1)
+    state.write_result("p", 0, {"image_ids": [1], "unreadable": {}, "results": []}, fence, 1)  # 0: done
+    state.tasks.preprocess("p", 1, 8)  # 1: its preprocessing message waits
+    (tmp_path / "1.jpg").write_bytes(b"not an image")
+    assert preprocess_shard(state, "p", 2)["unreadable"] == 1  # 2: a pool took it up (what it found does not matter)
+    live = DeviceLease(state.r, "cpu:1", 30, host="h", pid=8)  # 3: a device runs it, preprocessing as it goes
+    live.try_acquire()
+    live.mark({"job": "p", "shard": 3, "batch": 8, "since": time.time()})
+    # 4: its preprocessing message was lost
+    assert check(state) == {}  # first sighting: only suspected
+    assert check(state) == {"p": ["preprocess 4"]}
+    assert preprocess_queued(state, "p") == [1, 4]
+    assert check(state) == {} and check(state) == {}  # now it waits: never twice
+    assert preprocess_queued(state, "p") == [1, 4]
+    assert sorted(int(t.kwargs["shard"]) for t in state.queued([INFER_QUEUE], "p")) == list(range(5))
+
+
+def test_a_job_sent_to_no_preprocessing_pool_gets_no_preprocessing(state):
+    for shard in range(4):
+        state.tasks.infer("j", shard, 8)
+    assert check(state) == {} and check(state) == {}
+    assert state.queued([PREPROCESS_QUEUE]) == []

@@ -1,14 +1,15 @@
 """Cross-shard prefetch: a device worker takes its next shard one batch early and loads that shard's first batch
 while the last batch of this one runs, so the device never waits for tensors between shards.
 
-How: when the shard is expected to end within NEXT_SHARD_LEAD_S (its batches left x the last batch's seconds), or
-at its last batch, the worker raises its consumer's prefetch count by one (kombu's QoS), so one more infer message
-is reserved. Celery's consumer loop applies the new count at its next turn: the threads pool runs `synloop`,
-which waits up to 2 s for messages per turn; a remote-control ping to this worker alone (a pidbox message on
-the same connection) ends that wait at once, and the lead of 3 s covers a ping that does not arrive; when it arrives (Celery's
-`task_received` signal, on the consumer's thread) its shard is recorded in the device lease as `next` and its
-first batch is loaded on the worker's loader thread. When the shard ends the count goes back down: a worker
-never holds more than one shard beyond the one it runs, and only for about NEXT_SHARD_LEAD_S plus a batch (fairness). If the worker
+How: at the last batch of a shard (or earlier when the batches left take under NEXT_SHARD_LEAD_S: a fast device),
+the worker raises its consumer's prefetch count by one (kombu's QoS), so one more infer message is reserved.
+Celery's consumer loop applies the new count at its next turn: the threads pool runs `synloop`, which waits up
+to 2 s for messages per turn; a remote-control ping to this worker alone (a pidbox message on the same
+connection) ends that wait at once. When the message arrives (Celery's `task_received` signal, on the
+consumer's thread) its shard is recorded in the device lease as `next` and its first batch is loaded on the
+worker's loader thread. When the shard ends the count goes back down: a worker never holds more than one shard
+beyond the one it runs, and only for its last batch or NEXT_SHARD_LEAD_S (fairness: at the end of a job a
+shard taken early is one that no idle device could have started much sooner). If the worker
 dies, its lease expires and the reaper gives back both shards (workers/reaper.py); the lost-work check counts
 a `next` shard as taken (tasks/recovery.py).
 """
@@ -22,7 +23,7 @@ from typing import Callable
 log = logging.getLogger("workers.next_shard")
 
 INFER_TASK = "evaluator.infer"
-NEXT_SHARD_LEAD_S = 3.0  # > the 2 s a turn of Celery's synloop may take to apply a prefetch change
+NEXT_SHARD_LEAD_S = 0.5  # the message's fetch and the first batch's load (8 inputs at 1216: about 0.15 s of CPU)
 
 
 class NextShard:

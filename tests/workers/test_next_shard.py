@@ -26,9 +26,9 @@ def test_each_shard_after_the_first_starts_on_tensors_loaded_ahead(redis_url, pr
     ann, img = selftest_set
     state = JobState.open(redis_url)
     processes.preprocess_pool(redis_url)
-    backend = "sim:800ms,load=pixels"  # shards of 4 batches: 3.2 s, longer than the lead the worker asks ahead
+    backend = "sim:400ms,load=pixels"  # the next message is asked for at the last batch: 0.4 s to come and load
     processes.wait_ready(processes.device_worker(redis_url, "cpu:7", "--backend", backend))
-    proc, job = submit(processes, redis_url, ann, img, "--backend", backend, "--shard-size", "4")
+    proc, job = submit(processes, redis_url, ann, img, "--backend", backend, "--shard-size", "3")
     report = finish(proc, state, job)
     assert report["ap"]["stats"]["AP"] == 1.0
     firsts = {}

@@ -164,7 +164,7 @@ class LeaseRegistry:
     """The durable records of every device lease on a broker (`P:leases`)."""
 
     def __init__(self, client: redis.Redis, keys: Keys):
-        self.client, self.key = client, keys.leases()
+        self.client, self.key, self.keys = client, keys.leases(), keys
         self.scripts = Scripts(client)
 
     def records(self) -> list[dict]:
@@ -210,7 +210,7 @@ class LeaseRegistry:
         """Take every record whose lease expired unreleased (its holder died or hung): each once, over all reapers."""
         claimed = []
         for field in self.client.hkeys(self.key):
-            raw = self.scripts.device_reap(keys=[self.key, field])
+            raw = self.scripts.device_reap(keys=[self.key, field, self.keys.fence(field)])
             if raw:
                 claimed.append(json.loads(raw))
         return claimed

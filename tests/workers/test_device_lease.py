@@ -102,11 +102,18 @@ def test_reap_claims_only_expired_records_and_only_once(client):
         x.try_acquire()
         x.mark({"job": "j", "shard": x.pid, "batch": 8, "since": 0})
     time.sleep(0.3)
-    assert scripts.device_reap(keys=[REGISTRY, live.key]) is None
-    claimed = scripts.device_reap(keys=[REGISTRY, dead.key])
+    assert scripts.device_reap(keys=[REGISTRY, live.key, live.fence_key]) is None
+    claimed = scripts.device_reap(keys=[REGISTRY, dead.key, dead.fence_key])
     assert json.loads(claimed)["shard"]["shard"] == 2
-    assert scripts.device_reap(keys=[REGISTRY, dead.key]) is None  # a second reaper gets nothing
+    assert scripts.device_reap(keys=[REGISTRY, dead.key, dead.fence_key]) is None  # a second reaper gets nothing
     assert client.hexists(REGISTRY, live.key)
+    # the reaped holder is fenced off: should it wake and write, its fencing number is stale; the live one's is not
+    assert (int(client.get(live.fence_key)), int(client.get(dead.fence_key))) == (live.fence, dead.fence + 1)
+    for holder, expected in ((dead, -1), (live, 1)):
+        status, _ = scripts.write_result(keys=[holder.fence_key, "results", "job"],
+                                         args=[holder.fence, str(holder.pid), "{}", 1, 0])
+        assert status == expected, holder.device
+    assert client.hget("job", "refused_stale") == "1"
 
 
 def test_second_worker_waits_and_says_once_who_holds_the_device(client, caplog):

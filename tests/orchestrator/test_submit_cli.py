@@ -152,6 +152,26 @@ def test_onnx_model_file_picks_the_onnxruntime_backend_and_fp16_on_cpu_fails_the
     assert report["manifest"]["model_sha256"] and report["manifest"]["annotation_sha256"]
 
 
+@pytest.mark.slow
+def test_submit_exits_1_on_a_coverage_error(shared_cluster, tmp_path):
+    """An annotation file that lists one image twice (two sets merged by hand): every copy is answered, the
+    reducer's count finds the id twice, the job fails and submit exits 1 with the report saying why."""
+    ann, img = write_boxes_set(tmp_path / "set", 8)
+    data = json.loads(ann.read_text())
+    twice = data["images"][3]
+    data["images"].append(dict(twice))
+    ann.write_text(json.dumps(data))
+    out, report = submit_to(shared_cluster, tmp_path, ann, img, "--backend", "groundtruth", "--batch", "2",
+                            "--static-size", "320")
+    assert out.returncode == 1, out.stderr[-2000:]
+    line = f"duplicated image ids (1): {twice['id']}"
+    assert report["status"] == "failed" and report["errors"] == [line]
+    coverage = report["coverage"]
+    assert not coverage["ok"] and coverage["duplicated"] == [twice["id"]] and coverage["missing"] == []
+    assert (coverage["expected"], coverage["counted"]) == (9, 9)
+    assert line in out.stdout and "status failed" in out.stdout
+
+
 STALL_S = 4.0  # long enough for the second copy to be taken, run and written while the first sleeps
 
 

@@ -149,10 +149,15 @@ def test_cancel_leaves_nothing_running_and_resume_no_wait_completes_the_job(shar
     assert twice.returncode == 0 and "already cancelled" in twice.stderr
 
     # --no-wait: resume re-enqueues the shards without a result and returns; the workers finish the job alone
+    without_result = state.shards_without_result(job)
     out = run_cli("resume", job, "--broker", url, "--no-wait")
     status_at_return, results_at_return = state.status(job), state.result_count(job)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"job {job} (was cancelled): {results}/20 shards have a result; re-enqueued {20 - results} (" in out.stderr
+    plan = re.search(rf"job {job} \(was cancelled\): \d+/20 shards have a result; re-enqueued (\d+) \(([\d, ]+)\)$",
+                     out.stderr.strip())
+    assert plan, out.stderr
+    assert int(plan.group(1)) == 20 - results == len(without_result)
+    assert sorted(int(s) for s in plan.group(2).split(", ")) == sorted(without_result)
     assert status_at_return == "running" and results_at_return < 20  # it did not wait for the job
     assert out.stdout == "" and "run folder" not in out.stderr and not (tmp_path / "runs" / job).exists()
     wait_for(lambda: state.status(job) == "done", 120, what="the resumed job to end on the workers alone")

@@ -26,6 +26,7 @@ from tasks.params import JobParams
 from tasks.settings import TIMINGS, ClusterTimings
 from tasks.shards import AnnotationError, read_images
 from tasks.state import JobState
+from workers.backends import PRECISIONS, check_precision
 from workers.devices import discover, parse_device
 
 
@@ -75,6 +76,10 @@ def check_flags(args) -> list[int]:
         raise UsageError("--durable sets how the embedded Redis writes its file; a running cluster's Redis has its "
                          "own appendfsync setting (--durable)")
     positive_int("--static-size", args.static_size)
+    try:
+        check_precision(args.precision)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     if args.write_bins and args.size_mode != "static":
         raise UsageError("the recipe's .bin files are S x S canvases: --write-bins needs --size-mode static "
                          "(--write-bins)")
@@ -198,7 +203,8 @@ def register(sub) -> None:
     p.add_argument("--size-mode", choices=SIZE_MODES, default="static",
                    help="static: the Ascend recipe's S x S canvas (default); mmdet: keep-ratio 1333x800")
     p.add_argument("--static-size", type=int, default=1216, help="S of the static canvas (default 1216)")
-    p.add_argument("--precision", default="fp32", help="fp32 or fp16, for backends that support it")
+    p.add_argument("--precision", default="fp32", help=f"{' or '.join(PRECISIONS)}, for backends that support it "
+                                                       "(fp16: torch and onnxruntime on a GPU; default fp32)")
     p.add_argument("--devices", help="comma-separated devices for the embedded cluster (default: discovered)")
     add_broker_arg(p, "submit to a running cluster at this Redis URL instead of starting one")
     add_run_dir_arg(p)

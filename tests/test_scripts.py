@@ -1,12 +1,15 @@
 """scripts/evaluate and scripts/test on a machine without redis-server: installed with apt-get when root or
-password-less sudo allows it, else one line with the command to run, exit 2, nothing started.
+password-less sudo allows it, else one line with the command to run, exit 2, nothing started. And
+scripts/evaluate for real, on this machine, on the built-in sample.
 
-The machine is simulated on PATH: redis-server hidden, and fake `id`, `sudo` and `apt-get` that record their
+The machine without redis-server is simulated on PATH: redis-server hidden, and fake `id`, `sudo` and `apt-get` that record their
 arguments (the fake apt-get "installs" a redis-server stub), so nothing is really installed.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -102,3 +105,31 @@ def test_evaluate_on_a_cluster_elsewhere_needs_no_local_redis_server(tmp_path):
     proc = run("evaluate", env, "--broker", "redis://127.0.0.1:1/0", "--help")
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
     assert log.read_text() == ""
+
+
+@pytest.mark.slow
+def test_evaluate_runs_the_built_in_sample_under_its_banner_into_a_run_folder(tmp_path):
+    if (REPO / "data" / "coco" / "annotations" / "instances_val2017.json").is_file():
+        pytest.skip("data/coco is in this checkout: scripts/evaluate would evaluate it, not the sample")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: scripts/evaluate would install it")
+    runs = tmp_path / "runs"
+    # the sample with the groundtruth backend on one device: the script's own path at the smallest cost
+    proc = subprocess.run([str(REPO / "scripts" / "evaluate"), "--backend", "groundtruth", "--devices", "cpu:0",
+                           "--run-dir", str(runs)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    banner = "BUILT-IN SAMPLE: no COCO data was found, so this ran the generated selftest set with the groundtruth " \
+             "backend. Its AP means nothing."
+    assert proc.stderr.startswith(banner) and proc.stdout.startswith(banner)  # before the job, and atop its table
+    (run,) = [p for p in runs.iterdir() if (p / "report.json").is_file()]
+    assert f"run folder: {run}" in proc.stderr
+    report = json.loads((run / "report.json").read_text())
+    params = report["params"]
+    assert (params["sample"], params["backend"], params["batch"]) == (True, "groundtruth", 8)  # the script's --batch 8
+    n_images = len(json.loads(Path(params["annotation"]).read_text())["images"])
+    assert report["status"] == "done" and report["coverage"]["ok"] and report["coverage"]["counted"] == n_images
+    assert report["ap"]["stats"]["AP"] == 1.0 and "box AP 1.000" in proc.stdout
+    assert {"report.json", "report.txt", "results.json", "logs", "redis"} <= {p.name for p in run.iterdir()}
+    assert banner in (run / "report.txt").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]  # nothing written where it was started from

@@ -129,7 +129,7 @@ def test_resume_writes_the_run_folder_where_the_job_was_submitted(shared_cluster
     assert list(cwd.iterdir()) == []
 
 
-def test_cancel_leaves_nothing_running_and_resume_completes_the_job(shared_cluster, data, uninterrupted,
+def test_cancel_leaves_nothing_running_and_resume_no_wait_completes_the_job(shared_cluster, data, uninterrupted,
                                                                      processes, tmp_path):
     url = shared_cluster["url"]
     state = JobState.open(url)
@@ -148,8 +148,21 @@ def test_cancel_leaves_nothing_running_and_resume_completes_the_job(shared_clust
     twice = run_cli("cancel", job, "--broker", url)
     assert twice.returncode == 0 and "already cancelled" in twice.stderr
 
-    out = run_cli("resume", job, "--broker", url, "--run-dir", str(tmp_path / "runs"), "--timeout", "120")
+    # --no-wait: resume re-enqueues the shards without a result and returns; the workers finish the job alone
+    without_result = state.shards_without_result(job)
+    out = run_cli("resume", job, "--broker", url, "--no-wait")
+    status_at_return, results_at_return = state.status(job), state.result_count(job)
     assert out.returncode == 0, out.stderr[-2000:]
+    plan = re.search(rf"job {job} \(was cancelled\): \d+/20 shards have a result; re-enqueued (\d+) \(([\d, ]+)\)$",
+                     out.stderr.strip())
+    assert plan, out.stderr
+    assert int(plan.group(1)) == 20 - results == len(without_result)
+    assert sorted(int(s) for s in plan.group(2).split(", ")) == sorted(without_result)
+    assert status_at_return == "running" and results_at_return < 20  # it did not wait for the job
+    assert out.stdout == "" and "run folder" not in out.stderr and not (tmp_path / "runs" / job).exists()
+    wait_for(lambda: state.status(job) == "done", 120, what="the resumed job to end on the workers alone")
+    follow = run_cli("resume", job, "--broker", url, "--run-dir", str(tmp_path / "runs"), "--timeout", "120")
+    assert follow.returncode == 0 and "nothing to resume" in follow.stderr, follow.stderr[-2000:]
     report = json.loads((tmp_path / "runs" / job / "report.json").read_text())
     same_numbers(report, uninterrupted)
     assert state.summary(job)["shards_done"] == state.summary(job)["n_shards"]

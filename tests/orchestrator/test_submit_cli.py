@@ -55,6 +55,16 @@ def test_other_bad_flags_are_named(capsys, selftest_set, tmp_path):
                    "not a COCO", "bad.json")
 
 
+def test_an_unknown_precision_is_a_one_line_error_before_anything_starts(capsys, selftest_set, tmp_path):
+    ann, img = selftest_set
+    runs = tmp_path / "runs"
+    # groundtruth ignores the precision: without the check this would run a whole embedded job
+    one_line_error(capsys, ["submit", "--annotations", str(ann), "--images", str(img), "--backend", "groundtruth",
+                            "--precision", "fp8", "--run-dir", str(runs)],
+                   "unknown precision 'fp8': choose from fp32, fp16", "(--precision)")
+    assert not runs.exists()  # no run folder, no embedded cluster
+
+
 def write_boxes_set(folder: Path, n: int):
     """n small images with one box each (COCO format)."""
     (folder / "images").mkdir(parents=True)
@@ -113,16 +123,53 @@ def test_listed_but_absent_or_unreadable_images_are_reported_and_the_job_complet
 
 
 @pytest.mark.slow
-def test_onnx_model_file_picks_the_onnxruntime_backend(shared_cluster, tmp_path, selftest_set, tiny_onnx):
+def test_onnx_model_file_picks_the_onnxruntime_backend_and_fp16_on_cpu_fails_the_job(shared_cluster, tmp_path,
+                                                                                    selftest_set, tiny_onnx):
     ann, img = selftest_set
+    state = JobState.open(shared_cluster["url"])
+    known = set(state.job_ids())
+    # fp16 through submit on the cluster's cpu devices: the job fails with the backend's reason, nothing is counted
+    fp16 = run_cli("submit", "--broker", shared_cluster["url"], "--annotations", str(ann), "--images", str(img),
+                   "--model", str(tiny_onnx), "--precision", "fp16", "--batch", "4", "--size-mode", "mmdet",
+                   "--run-dir", str(tmp_path / "fp16"), "--timeout", "120")
+    assert fp16.returncode == 1, fp16.stderr[-2000:]
+    (failed,) = set(state.job_ids()) - known
+    reason = "fp16 needs a GPU; onnxruntime runs fp32 on cpu (--precision)"
+    assert f"error: job {failed} failed: backend onnxruntime cannot run on" in fp16.stderr and reason in fp16.stderr
+    assert state.status(failed) == "failed" and state.params(failed).precision == "fp16"
+    assert state.result_count(failed) == 0 and not list((tmp_path / "fp16").glob("*/report.json"))
+    # the same workers then run it in fp32, the precision named on the command line
     out, report = submit_to(shared_cluster, tmp_path, ann, img, "--model", str(tiny_onnx), "--batch", "4",
-                            "--size-mode", "mmdet")
+                            "--size-mode", "mmdet", "--precision", "fp32")
     assert out.returncode == 0, out.stderr
     assert report["params"]["backend"] == "onnxruntime" and report["coverage"]["ok"]
+    assert report["params"]["precision"] == "fp32" and report["workers"]
+    assert {(w["backend"]["backend"], w["backend"]["precision"]) for w in report["workers"]} == {("onnxruntime",
+                                                                                                 "fp32")}
     (results_path,) = (tmp_path / "runs").glob("*/results.json")
     results = json.loads(results_path.read_text())
     assert len(results) == report["coverage"]["expected"] and {r["category_id"] for r in results} == {3}
     assert report["manifest"]["model_sha256"] and report["manifest"]["annotation_sha256"]
+
+
+@pytest.mark.slow
+def test_submit_exits_1_on_a_coverage_error(shared_cluster, tmp_path):
+    """An annotation file that lists one image twice (two sets merged by hand): every copy is answered, the
+    reducer's count finds the id twice, the job fails and submit exits 1 with the report saying why."""
+    ann, img = write_boxes_set(tmp_path / "set", 8)
+    data = json.loads(ann.read_text())
+    twice = data["images"][3]
+    data["images"].append(dict(twice))
+    ann.write_text(json.dumps(data))
+    out, report = submit_to(shared_cluster, tmp_path, ann, img, "--backend", "groundtruth", "--batch", "2",
+                            "--static-size", "320")
+    assert out.returncode == 1, out.stderr[-2000:]
+    line = f"duplicated image ids (1): {twice['id']}"
+    assert report["status"] == "failed" and report["errors"] == [line]
+    coverage = report["coverage"]
+    assert not coverage["ok"] and coverage["duplicated"] == [twice["id"]] and coverage["missing"] == []
+    assert (coverage["expected"], coverage["counted"]) == (9, 9)
+    assert line in out.stdout and "status failed" in out.stdout
 
 
 STALL_S = 4.0  # long enough for the second copy to be taken, run and written while the first sleeps

@@ -10,6 +10,7 @@ from pathlib import Path
 
 BACKENDS = ("groundtruth", "sim", "onnxruntime", "torch", "ascend")
 MODEL_SUFFIXES = {".pth": "torch", ".onnx": "onnxruntime", ".om": "ascend"}
+PRECISIONS = ("fp32", "fp16")  # fp16 only where a backend supports it (torch and onnxruntime on a GPU)
 
 
 class BackendUnavailable(RuntimeError):
@@ -35,6 +36,12 @@ def check_spec(spec: str, model: str = "") -> None:
         parse_sim(arg)
     if name in ("onnxruntime", "torch", "ascend") and not model:
         raise ValueError(f"the {name} backend needs a model file (--model)")
+
+
+def check_precision(precision: str) -> None:
+    """Raise ValueError (naming --precision) for a precision no backend knows, before anything starts."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)} (--precision)")
 
 
 def create_backend(spec: str, model: str = "", device: str = "cpu:0", precision: str = "fp32"):

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workers.backends import check_precision
+
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -79,8 +81,7 @@ def choose_providers(device: str, available: list[str], precision: str = "fp32",
     """The providers for `device` from what this installation offers; ValueError naming the flag when none can."""
     kind, _, index = device.partition(":")
     device_id = int(index or 0) if index.isdigit() else 0
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"unknown precision {precision!r}: choose from fp32, fp16 (--precision)")
+    check_precision(precision)
     gpu = [p for p in (TENSORRT, CUDA) if p in available]
     if kind == "cpu":
         if precision != "fp32":

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.backends import check_precision
 from workers.backends.base import MAX_DETS, Backend, InferenceBatch
-
-PRECISIONS = ("fp32", "fp16")
 
 
 def parse_device(spec: str) -> str:
@@ -37,8 +36,7 @@ class TorchBackend(Backend):
     def __init__(self, model_path: str | Path, device: str = "cpu", precision: str = "fp32"):
         self.model_path = str(model_path)
         self.device = parse_device(device)
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)} (--precision)")
+        check_precision(precision)
         if precision == "fp16" and self.device == "cpu":
             raise ValueError("fp16 needs a CUDA device; the torch backend runs fp32 on cpu (--precision)")
         self.precision = precision

@@ -75,4 +75,4 @@ def resume_job(state: JobState, job_id: str) -> dict:
             state.tasks.reduce(job_id)
     return {"status": status, "enqueued": todo, "queued": sorted(accounting.queued & set(missing)),
             "in_flight": {s: d for s, d in accounting.in_flight.items() if s in missing}, "reduce": reduce,
-            "done": state.result_count(job_id), "n_shards": state.n_shards(job_id)}
+            "done": state.n_shards(job_id) - len(missing), "n_shards": state.n_shards(job_id)}  # as accounted

@@ -52,6 +52,11 @@ def md_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
     return tables
 
 
+
+def md_numbers(text: str) -> list[tuple[str, str]]:
+    """(column header, cell) of every numeric cell of every markdown table."""
+    return [(h, c) for header, rows in md_tables(text) for row in rows for h, c in zip(header, row) if NUMBER.match(c)]
+
 def report_fields(report: dict) -> dict[tuple[str, ...], tuple[list, dict]]:
     """Each table of report.md by its header: (the report.json rows it shows, column -> (field of a row, format))."""
     ap, pre = report["ap"], report.get("preprocessing") or {}

@@ -45,12 +45,12 @@ PY
 } 2>&1 | tee "$OUT/machine.txt"
 
 step "gpu tests" | tee "$OUT/gpu_tests.txt"
-timeout 270 $PY -m pytest -p no:cacheprovider --noconftest -m gpu -rs -s -q \
+timeout 240 $PY -m pytest -p no:cacheprovider --noconftest -m gpu -rs -s -q \
     tests/workers/backends/test_gpu.py tests/workers/backends/test_torch_backend.py 2>&1 | tee -a "$OUT/gpu_tests.txt"
 tests_rc=${PIPESTATUS[0]}
 
 step "bench/gpu.py" | tee "$OUT/gpu_bench.txt"
-timeout 300 $PY bench/gpu.py --budget-s 200 --json "$OUT/gpu_bench.json" 2>&1 | tee -a "$OUT/gpu_bench.txt"
+timeout 230 $PY bench/gpu.py --budget-s 150 --json "$OUT/gpu_bench.json" 2>&1 | tee -a "$OUT/gpu_bench.txt"
 bench_rc=${PIPESTATUS[0]}
 
 step "done: tests exit $tests_rc, bench exit $bench_rc" | tee -a "$OUT/gpu_bench.txt"

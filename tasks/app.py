@@ -11,6 +11,7 @@ import logging
 from celery import Celery
 
 from tasks import context
+from tasks.outage import AckRidingOut
 from tasks.settings import Settings, celery_config
 
 log = logging.getLogger("tasks.app")
@@ -29,7 +30,7 @@ def apply(settings: Settings) -> Settings:
 apply(Settings())
 
 
-@app.task(name="evaluator.preprocess")
+@app.task(name="evaluator.preprocess", Request=AckRidingOut)
 def preprocess(job_id: str, shard: int, batch: int, device: str = "cpu") -> dict:
     """Fill the tensor store for one shard (this worker's own store when it was started with --store)."""
     from tasks.preprocessing import preprocess_shard
@@ -37,7 +38,7 @@ def preprocess(job_id: str, shard: int, batch: int, device: str = "cpu") -> dict
     return preprocess_shard(ctx.state, job_id, shard, ctx.settings.store_root)
 
 
-@app.task(name="evaluator.infer", bind=True)
+@app.task(name="evaluator.infer", bind=True, Request=AckRidingOut)
 def infer(self, job_id: str, shard: int, batch: int, redelivered_from: str | None = None, **_) -> dict:
     """Run one shard on this worker's device; the result is written once, a duplicate is a no-op.
 
@@ -59,7 +60,7 @@ def infer(self, job_id: str, shard: int, batch: int, redelivered_from: str | Non
             log.warning("progress of task %s not cleared: %s", self.request.id, exc)
 
 
-@app.task(name="evaluator.reduce")
+@app.task(name="evaluator.reduce", Request=AckRidingOut)
 def reduce(job_id: str) -> dict:
     """Coverage check, COCOeval, report (a cancelled job is left alone: `resume` reduces it later).
 

@@ -19,6 +19,7 @@ from typing import Callable, TypeVar
 
 import kombu.exceptions
 import redis
+from celery.worker.request import Request
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -158,3 +159,24 @@ class Outage:
         if waited > self.timeout_s:
             raise BrokerUnreachable(f"broker unreachable for {waited:.0f} s (--broker-timeout)")
         self.waiting(waited)
+
+
+class AckRidingOut(Request):
+    """A task request whose late ack rides out a broker outage (`Task.Request` of the evaluator's tasks).
+
+    kombu's Redis transport forgets a delivered message only once Redis took its ack; an ack that meets an
+    outage is logged and dropped by Celery, and the message then holds the worker's prefetch slot: the worker
+    takes no more work until its connection is reset. Retried here until it lands (or the broker timeout).
+    """
+
+    budget_s = BROKER_TIMEOUT_S  # a device worker's --broker-timeout (workers/__main__.py sets it)
+
+    def acknowledge(self):
+        if self.acknowledged:
+            return
+        outage = Outage(self.budget_s, say=lambda line: log.warning("ack of task %s: %s", self.id, line))
+        try:
+            outage.call(self.message.ack)
+        except BrokerUnreachable as exc:
+            log.critical("could not ack task %s: %s", self.id, exc)
+        self.acknowledged = True

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     refusal = refused_by_broker(settings)
     if refusal:
         return usage_error(refusal)
+    AckRidingOut.budget_s = settings.broker_timeout_s
     if args.device:
         return run_device_worker(args, settings)
     return run_preprocess_pool(args, settings)

@@ -1,6 +1,8 @@
 """Helpers of the export tests: network inputs from photographs, torch references, ONNX Runtime sessions."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,22 @@ def ort_session(path, threads: int = 2):
     options.intra_op_num_threads = threads
     return ort.InferenceSession(path if isinstance(path, (str, bytes)) else str(path), options,
                                 providers=["CPUExecutionProvider"])
+
+
+def photo_set(folder: Path, photos: list[Path]) -> Path:
+    """A COCO-format set of these photographs (copied into folder/images, one made-up box each); its annotation file."""
+    from model.config import COCO_CATEGORY_IDS, COCO_CLASSES
+    from model.preprocess import load_image
+    (folder / "images").mkdir(parents=True)
+    images, annotations = [], []
+    for image_id, photo in enumerate(photos, start=1):
+        name = f"{image_id:012d}{photo.suffix}"
+        shutil.copy(photo, folder / "images" / name)
+        h, w = load_image(photo).shape[:2]
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "bbox": [10, 10, 50, 80],
+                            "area": 4000.0, "iscrowd": 0})
+    categories = [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
+    ann = folder / "annotations.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return ann

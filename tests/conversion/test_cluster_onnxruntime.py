@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -14,11 +13,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
+from conversion_helpers import photo_set  # noqa: E402
 from real_processes import run_cli  # noqa: E402
 
-from model.config import COCO_CATEGORY_IDS, COCO_CLASSES  # noqa: E402
+from model.config import COCO_CATEGORY_IDS  # noqa: E402
 from evaluation.matching import match_detections  # noqa: E402
-from model.preprocess import load_image, plan_geometry  # noqa: E402
+from model.preprocess import plan_geometry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 512
@@ -48,18 +48,8 @@ def size_mode(request) -> str:
 def test_onnxruntime_job_gives_predicts_detections(parity_checkpoint, size_mode, request, photos, tmp_path):
     model = request.getfixturevalue("ort_dynamic_512" if size_mode == "static" else "ort_mmdet")
     data = tmp_path / "set"
-    (data / "images").mkdir(parents=True)
-    images, annotations = [], []
-    for image_id, photo in enumerate(photos[:3], start=1):
-        name = f"{image_id:012d}{photo.suffix}"
-        shutil.copy(photo, data / "images" / name)
-        h, w = load_image(photo).shape[:2]
-        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "bbox": [10, 10, 50, 80],
-                            "area": 4000.0, "iscrowd": 0})
-    categories = [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
-    ann = data / "annotations.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    ann = photo_set(data, photos[:3])
+    images = json.loads(ann.read_text())["images"]
 
     out = run_cli("submit", "--annotations", str(ann), "--images", str(data / "images"), "--model",
                   str(model), "--batch", "2", "--size-mode", size_mode, "--static-size", str(SIZE),

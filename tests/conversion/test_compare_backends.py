@@ -3,7 +3,6 @@ fraction `conversion verify` gives on the same images."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,28 +14,11 @@ pytest.importorskip("onnx")
 
 from real_processes import run_cli  # noqa: E402
 
-from model.config import COCO_CATEGORY_IDS, COCO_CLASSES  # noqa: E402
-from model.preprocess import load_image  # noqa: E402
+from conversion_helpers import photo_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 512
 pytestmark = pytest.mark.slow
-
-
-def photo_set(folder: Path, photos: list[Path]) -> Path:
-    (folder / "images").mkdir(parents=True)
-    images, annotations = [], []
-    for image_id, photo in enumerate(photos, start=1):
-        name = f"{image_id:012d}{photo.suffix}"
-        shutil.copy(photo, folder / "images" / name)
-        h, w = load_image(photo).shape[:2]
-        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "bbox": [10, 10, 50, 80],
-                            "area": 4000.0, "iscrowd": 0})
-    categories = [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
-    ann = folder / "annotations.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return ann
 
 
 def test_compare_torch_with_onnxruntime_gives_verifys_matched_fraction(parity_checkpoint, ort_dynamic_512, photos,

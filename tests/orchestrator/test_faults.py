@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import SilentRelay
+from bench.faults import SilentRelay, redis_pid
 from real_processes import wait_for
 from evaluation.coco_eval import DEFAULT_EVALUATOR, evaluate
 from orchestrator.cluster import RedisServer
@@ -81,17 +81,6 @@ def finished(processes, proc, runs: Path, job: str, reference_stats: dict, timeo
     return report
 
 
-def pid_listening(port: int) -> int:
-    """The pid of the redis-server on this loopback port (its command line names the port)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and f"redis-server 127.0.0.1:{port}".encode() in (proc / "cmdline").read_bytes():
-                return int(proc.name)
-        except OSError:
-            continue
-    raise AssertionError(f"no redis-server on port {port}")
-
-
 def test_the_embedded_redis_killed_mid_job_is_restarted_on_its_file_and_the_job_completes(
         dataset, reference_stats, processes, tmp_path):
     runs = tmp_path / "runs"
@@ -100,7 +89,7 @@ def test_the_embedded_redis_killed_mid_job_is_restarted_on_its_file_and_the_job_
     job, state = followed(processes, proc)
     wait_for(lambda: state.result_count(job) >= 3, 120, what="three shard results")
     port = state.r.connection_pool.connection_kwargs["port"]
-    os.kill(pid_listening(port), signal.SIGKILL)
+    os.kill(redis_pid(port), signal.SIGKILL)
     finished(processes, proc, runs, job, reference_stats)
     terminal = processes.log(proc)
     assert "redis-server exited (code -9); started again on its append-only file" in terminal

@@ -17,7 +17,7 @@ from commandline import usage_error
 from tasks import context
 from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, apply
 from tasks.context import WorkerContext
-from tasks.outage import BROKER_TIMEOUT_S, describe, refused, stop_riding_out
+from tasks.outage import BROKER_TIMEOUT_S, AckRidingOut, describe, refused, stop_riding_out
 from tasks.settings import TIMINGS, BrokerTls, ClusterTimings, Settings, broker_from_env
 from tasks.state import BrokerError, JobState
 from workers.backends import backend_for_model, check_spec

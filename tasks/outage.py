@@ -161,6 +161,15 @@ class Outage:
         self.waiting(waited)
 
 
+_ack_budget_s = BROKER_TIMEOUT_S
+
+
+def ride_out_acks_for(seconds: float) -> None:
+    """How long a task's ack waits for the broker in this process (a worker's --broker-timeout)."""
+    global _ack_budget_s
+    _ack_budget_s = seconds
+
+
 class AckRidingOut(Request):
     """A task request whose late ack rides out a broker outage (`Task.Request` of the evaluator's tasks).
 
@@ -169,12 +178,10 @@ class AckRidingOut(Request):
     takes no more work until its connection is reset. Retried here until it lands (or the broker timeout).
     """
 
-    budget_s = BROKER_TIMEOUT_S  # a device worker's --broker-timeout (workers/__main__.py sets it)
-
     def acknowledge(self):
         if self.acknowledged:
             return
-        outage = Outage(self.budget_s, say=lambda line: log.warning("ack of task %s: %s", self.id, line))
+        outage = Outage(_ack_budget_s, say=lambda line: log.warning("ack of task %s: %s", self.id, line))
         try:
             outage.call(self.message.ack)
         except BrokerUnreachable as exc:

@@ -17,7 +17,7 @@ from commandline import usage_error
 from tasks import context
 from tasks.app import INFER_QUEUE, PREPROCESS_QUEUE, REDUCE_QUEUE, app, apply
 from tasks.context import WorkerContext
-from tasks.outage import BROKER_TIMEOUT_S, AckRidingOut, describe, refused, stop_riding_out
+from tasks.outage import BROKER_TIMEOUT_S, describe, refused, ride_out_acks_for, stop_riding_out
 from tasks.settings import TIMINGS, BrokerTls, ClusterTimings, Settings, broker_from_env
 from tasks.state import BrokerError, JobState
 from workers.backends import backend_for_model, check_spec
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     refusal = refused_by_broker(settings)
     if refusal:
         return usage_error(refusal)
-    AckRidingOut.budget_s = settings.broker_timeout_s
+    ride_out_acks_for(settings.broker_timeout_s)
     if args.device:
         return run_device_worker(args, settings)
     return run_preprocess_pool(args, settings)

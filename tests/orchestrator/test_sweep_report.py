@@ -60,6 +60,8 @@ def md_numbers(text: str) -> list[tuple[str, str]]:
 def report_fields(report: dict) -> dict[tuple[str, ...], tuple[list, dict]]:
     """Each table of report.md by its header: (the report.json rows it shows, column -> (field of a row, format))."""
     ap, pre = report["ap"], report.get("preprocessing") or {}
+    analysis = report.get("analysis") or {}
+    tide, gallery = analysis.get("tide") or {"counts": {}, "dAP": {}}, analysis.get("gallery") or {"images": []}
     sweep_columns = {"batch": ("batch", "d"), "box AP": ("ap", ".3f"), "device FPS": ("device_fps", ".2f"),
                      "end-to-end FPS": ("e2e_fps", ".2f"), "p50 ms": ("p50_ms", ".1f"), "p99 ms": ("p99_ms", ".1f"),
                      "images": ("images", "d"), "preprocessed": ("preprocessed", "d")}
@@ -81,6 +83,12 @@ def report_fields(report: dict) -> dict[tuple[str, ...], tuple[list, dict]]:
         ("device", "pid", "identity", "backend", "onnxruntime", "torch", "CANN", "NPU driver"): (
             report["manifest"].get("hosts", []), {"pid": ("pid", "d")}),
         ("device", "verdict", "what fell short"): ([], {}),
+        ("error type", "what", "errors", "dAP"): (
+            [{"errors": tide["counts"][k], "dAP": tide["dAP"][k]} for k in tide["dAP"]],
+            {"errors": ("errors", "d"), "dAP": ("dAP", ".2f")}),
+        ("image id", "file", "false positives", "misses"): (
+            gallery["images"], {"image id": ("image_id", "d"), "false positives": ("false_positives", "d"),
+                                "misses": ("misses", "d")}),
     }
 
 

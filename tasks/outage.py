@@ -175,15 +175,26 @@ class AckRidingOut(Request):
 
     kombu's Redis transport forgets a delivered message only once Redis took its ack; an ack that meets an
     outage is logged and dropped by Celery, and the message then holds the worker's prefetch slot: the worker
-    takes no more work until its connection is reset. Retried here until it lands (or the broker timeout).
+    takes no more work until its connection is reset. Retried here until it lands, the broker timeout passes or
+    the worker shuts down (its broker may be gone for good: the message comes back, and a shard is written once).
     """
 
     def acknowledge(self):
         if self.acknowledged:
             return
-        outage = Outage(_ack_budget_s, say=lambda line: log.warning("ack of task %s: %s", self.id, line))
-        try:
-            outage.call(self.message.ack)
-        except BrokerUnreachable as exc:
-            log.critical("could not ack task %s: %s", self.id, exc)
+        backoff, failures, since = ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), 0, time.monotonic()
+        while True:
+            try:
+                self.message.ack()
+                if failures:
+                    log.warning("ack of task %s: done after %.1f s", self.id, time.monotonic() - since)
+                break
+            except BROKER_ERRORS as exc:
+                failures += 1
+                if _shutting_down.is_set() or time.monotonic() - since > _ack_budget_s:
+                    log.warning("could not ack task %s: %s", self.id, describe(exc))
+                    break
+                if failures == 1:
+                    log.warning("ack of task %s: broker unreachable (%s), retrying", self.id, describe(exc))
+                time.sleep(backoff.compute(failures))
         self.acknowledged = True

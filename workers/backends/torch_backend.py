@@ -57,8 +57,11 @@ class TorchBackend(Backend):
             # fp32 means fp32: no TF32 rounding in cuDNN convolutions or matmuls (this process owns the device).
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
-            # fp32 keeps cuDNN's default algorithms (closest to the CPU's results); fp16 lets cuDNN time its own
-            torch.backends.cudnn.benchmark = self.precision == "fp16"
+            # cuDNN times every algorithm for each input shape (benchmark_limit 0: all, not its first 10 guesses):
+            # left to its heuristics, fp32 at batch 4 on an H200 took an FFT algorithm 9x slower than the best
+            # (bench/gpu_cudnn.py). Still fp32: TF32 is off, so the choice changes speed, not precision.
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark_limit = 0
             torch.cuda.set_device(torch.device(self.device))
         model = load_detector(self.model_path, self.device)
         if self.precision == "fp16":

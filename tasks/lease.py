@@ -160,6 +160,12 @@ class DeviceLease(Lease):
         return ok
 
 
+def held_shards(record: dict) -> list[dict]:
+    """A device lease record's shards: the one it runs and the one it took early to run next (either may be absent)."""
+    shard = record.get("shard") or {}
+    return [r for r in (shard, shard.get("next")) if r]
+
+
 class LeaseRegistry:
     """The durable records of every device lease on a broker (`P:leases`)."""
 
@@ -194,13 +200,8 @@ class LeaseRegistry:
 
     def taken(self, job_id: str) -> dict[int, str]:
         """Shards of the job that a device holding a live lease runs, or took one batch early to run next."""
-        out = {}
-        for _, rec, held in self.entries():
-            shard = rec.get("shard") if held else None
-            for record in (shard, (shard or {}).get("next")):
-                if record and record.get("job") == job_id:
-                    out[int(record["shard"])] = f"{rec['host']}/{rec['device']}"
-        return out
+        return {int(record["shard"]): f"{rec['host']}/{rec['device']}" for _, rec, held in self.entries() if held
+                for record in held_shards(rec) if record.get("job") == job_id}
 
     def shards_in_flight(self, job_id: str) -> dict[int, str]:
         """Shards of the job that a device holding a live lease runs now: shard -> host/device."""

@@ -182,19 +182,8 @@ class AckRidingOut(Request):
     def acknowledge(self):
         if self.acknowledged:
             return
-        backoff, failures, since = ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), 0, time.monotonic()
-        while True:
-            try:
-                self.message.ack()
-                if failures:
-                    log.warning("ack of task %s: done after %.1f s", self.id, time.monotonic() - since)
-                break
-            except BROKER_ERRORS as exc:
-                failures += 1
-                if _shutting_down.is_set() or time.monotonic() - since > _ack_budget_s:
-                    log.warning("could not ack task %s: %s", self.id, describe(exc))
-                    break
-                if failures == 1:
-                    log.warning("ack of task %s: broker unreachable (%s), retrying", self.id, describe(exc))
-                time.sleep(backoff.compute(failures))
+        try:
+            RideOutRetry(_ack_budget_s).call_with_retry(self.message.ack, lambda error: None)
+        except BROKER_ERRORS as exc:  # the budget spent, or the worker shutting down
+            log.warning("could not ack task %s: %s", self.id, describe(exc))
         self.acknowledged = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from tasks.lease import describe_holder
+from tasks.lease import describe_holder, held_shards
 from tasks.periodic import Periodic
 from tasks.recovery import recover_lost_work
 from tasks.state import FINISHED, JobState
@@ -25,13 +25,8 @@ log = logging.getLogger("workers.reaper")
 def give_back(state: JobState, record: dict) -> bool:
     """Re-enqueue the record's shard, and the next one it had taken early, unless its job finished or the shard
     already has a result; True when something was given back."""
-    shard = record.get("shard")
-    if not shard:
-        return False
     given = False
-    for taken in (shard, shard.get("next")):
-        if not taken:
-            continue
+    for taken in held_shards(record):
         job_id, index = taken["job"], int(taken["shard"])
         if state.status(job_id) in (None, *FINISHED) or state.has_result(job_id, index):
             continue

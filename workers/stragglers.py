@@ -64,16 +64,23 @@ def reissue_stragglers(state: JobState, now: float | None = None) -> list[tuple[
         if expected is None or elapsed <= STRAGGLER_FACTOR * expected + STRAGGLER_SLACK_S:
             continue
         why = f"{device} ran it {elapsed:.1f} s, expected {expected:.1f} s"
-        if state.mark_reissued(job_id, index, {"from": device, "why": why, "at": now}):
-            state.tasks.infer(job_id, index, int(shard["batch"]), redelivered_from=f"{device} (straggler)")
-            log.warning("shard %d of job %s given to a second device: %s", index, job_id, why)
+        if put_back(state, job_id, index, int(shard["batch"]), device, why, now, "straggler"):
             reissued.append((job_id, index))
         waiting = shard.get("next")
-        if waiting and waiting.get("job") == job_id and not state.has_result(job_id, int(waiting["shard"])):
+        if waiting and state.status(waiting["job"]) == "running" and not state.has_result(waiting["job"],
+                                                                                          int(waiting["shard"])):
             behind = f"taken to run next on {device}, behind shard {index}"
-            if state.mark_reissued(job_id, int(waiting["shard"]), {"from": device, "why": behind, "at": now}):
-                state.tasks.infer(job_id, int(waiting["shard"]), int(waiting["batch"]),
-                                  redelivered_from=f"{device} (behind a straggler)")
-                log.warning("shard %d of job %s given to another device: %s", int(waiting["shard"]), job_id, behind)
-                reissued.append((job_id, int(waiting["shard"])))
+            if put_back(state, waiting["job"], int(waiting["shard"]), int(waiting["batch"]), device, behind, now,
+                        "behind a straggler"):
+                reissued.append((waiting["job"], int(waiting["shard"])))
     return reissued
+
+
+def put_back(state: JobState, job_id: str, shard: int, batch: int, device: str, why: str, now: float,
+             label: str) -> bool:
+    """Enqueue the shard again at the front of the queue, once ever (the job's `reissued` hash says why)."""
+    if not state.mark_reissued(job_id, shard, {"from": device, "why": why, "at": now}):
+        return False
+    state.tasks.infer(job_id, shard, batch, redelivered_from=f"{device} ({label})")
+    log.warning("shard %d of job %s given to a second device: %s", shard, job_id, why)
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import orjson
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -279,13 +280,13 @@ class JobState:
         """One fenced HSETNX: ("written" | "duplicate" | "stale", shards done so far)."""
         status, done = self.scripts.write_result(
             keys=[fence_key, self._part(job_id, "results"), self._job(job_id)],
-            args=[fence, str(shard), json.dumps(payload), len(payload["image_ids"]),
+            args=[fence, str(shard), encode_result(payload), len(payload["image_ids"]),
                   int((payload.get("store") or {}).get("hits", 0))])
         return {1: "written", 0: "duplicate", -1: "stale"}[int(status)], int(done)
 
     def results(self, job_id: str) -> dict[int, dict]:
         raw = self.r.hgetall(self._part(job_id, "results"))
-        return {int(k): json.loads(v) for k, v in raw.items()}
+        return {int(k): decode_result(v) for k, v in raw.items()}
 
     def result_count(self, job_id: str) -> int:
         return int(self.r.hlen(self._part(job_id, "results")))
@@ -294,7 +295,7 @@ class JobState:
         """The results of shards not in `known`, parsed (the streaming reducer fetches each once)."""
         key = self._part(job_id, "results")
         fresh = [k for k in self.r.hkeys(key) if int(k) not in known]
-        return {int(k): json.loads(raw) for k, raw in zip(fresh, self.r.hmget(key, fresh))} if fresh else {}
+        return {int(k): decode_result(raw) for k, raw in zip(fresh, self.r.hmget(key, fresh))} if fresh else {}
 
     def shards_without_result(self, job_id: str) -> list[int]:
         """What `resume` re-enqueues."""
@@ -359,3 +360,18 @@ class JobState:
     def report(self, job_id: str) -> dict | None:
         raw = self.r.get(self._part(job_id, "report"))
         return json.loads(raw) if raw else None
+
+
+def encode_result(payload: dict) -> bytes:
+    """A shard's result as JSON: orjson (about 20x json's speed on a shard's thousand detections), or json where
+    a backend answered a non-finite number (`finite` False), which json writes as NaN / Infinity and orjson as
+    null."""
+    return orjson.dumps(payload) if payload.get("finite", True) else json.dumps(payload).encode()
+
+
+def decode_result(raw: bytes | str) -> dict:
+    """`encode_result`'s inverse (orjson reads no NaN: json does)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)

@@ -6,7 +6,7 @@ when it loaded is the one its inference runs in, whichever pool thread runs the 
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -18,7 +18,11 @@ class DeviceThread:
 
     def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """fn(*args, **kwargs) on the device thread; its exception is raised here."""
-        return self._executor.submit(fn, *args, **kwargs).result()
+        return self.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn: Callable[..., T], *args, **kwargs) -> Future:
+        """fn(*args, **kwargs) queued on the device thread; the caller goes on meanwhile."""
+        return self._executor.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

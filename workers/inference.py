@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -231,8 +232,9 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
               progress: Progress | None = None) -> dict:
     """Every image of the shard through the backend; returns the payload written to Redis.
 
-    The next batch is loaded, normalised and stacked while the device runs this one; the time
-    the device still waits for it is recorded per batch (`wait_s`).
+    The device is kept busy: the next batch is loaded, normalised and stacked while the device runs this one,
+    and a batch's bookkeeping (its timing record, its COCO results, the progress) is done while the device
+    runs the batch after it. The time the device still waits for tensors is recorded per batch (`wait_s`).
     """
     store = TensorStore(runner.store_root or params.store or None)
     planned = plan_shard_batches(items, params)
@@ -240,27 +242,48 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
     t_begin = time.time()
     loader = runner.loader
     pending, ahead = first_batch(runner, store, params, shard, planned, backend)
-    for index in range(len(planned)):
-        t_wait = time.time()
-        groups, bad, load_s = pending.result()
-        wait_s = time.time() - t_wait
-        if index + 1 < len(planned):
-            pending = loader.submit(_prepare, store, params, planned[index + 1], backend)
-        left_s = None if runner.batch_s is None else (len(planned) - index) * runner.batch_s
-        if index + 1 == len(planned) or (left_s is not None and left_s <= NEXT_SHARD_LEAD_S):
-            runner.next_shard.reserve()  # the next shard's first batch loads while this one ends
-        unreadable.update(bad)
-        for group, batch in groups:
-            runner.check()
-            results.extend(_run_batch(runner, backend, params, shard, group, batch, load_s, wait_s, ahead))
-            image_ids.extend(item["id"] for item, _ in group)
-            wait_s, ahead = 0.0, False
-            if progress is not None:
-                done = len(image_ids) + len(unreadable)
-                report_progress(progress, done=done, images=len(items),
-                                images_per_s=round(done / max(time.time() - t_begin, 1e-6), 2),
-                                batch=params.batch, device=runner.device, host=runner.host)
+    running: Running | None = None  # the batch on the device now
+
+    def finish(done: Running) -> None:
+        results.extend(_finish_batch(runner, backend, params, shard, done))
+        image_ids.extend(item["id"] for item, _ in done.group)
+        if progress is not None:
+            count = len(image_ids) + len(unreadable)
+            report_progress(progress, done=count, images=len(items),
+                            images_per_s=round(count / max(time.time() - t_begin, 1e-6), 2),
+                            batch=params.batch, device=runner.device, host=runner.host)
+
+    try:
+        for index in range(len(planned)):
+            t_wait = time.time()
+            groups, bad, load_s = pending.result()
+            t_ready = time.time()
+            if index + 1 < len(planned):
+                pending = loader.submit(_prepare, store, params, planned[index + 1], backend)
+            left_s = None if runner.batch_s is None else (len(planned) - index) * runner.batch_s
+            ending = index + 1 == len(planned) or (left_s is not None and left_s <= NEXT_SHARD_LEAD_S)
+            unreadable.update(bad)
+            for group, batch in groups:
+                before, running = running, None
+                if before is not None:
+                    before.wait()
+                    t_wait = before.t_end  # the device was free from then
+                runner.check()
+                if ending:
+                    runner.next_shard.reserve()  # the next shard's first batch loads while this one ends
+                running = _launch(runner, backend, group, batch, load_s, max(0.0, t_ready - t_wait), ahead)
+                if before is not None:
+                    finish(before)
+                ahead = False
+        if running is not None:
+            done, running = running, None
+            done.wait()
+            finish(done)
+    finally:
+        if running is not None:  # a fault mid-shard: the device ends its call before anything else runs on it
+            running.future.exception()
     return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
+            "finite": all(math.isfinite(r["score"]) and all(map(math.isfinite, r["bbox"])) for r in results),
             "device": runner.device, "host": runner.host, "pid": os.getpid(), "fence": runner.lease.fence,
             "t_start": t_begin, "t_end": time.time(),
             "store": {"hits": store.hits, "misses": store.misses, "recomputed": store.recomputed}}
@@ -315,22 +338,51 @@ def _batch(params: JobParams, backend, group: list) -> InferenceBatch:
                           image_ids=[item["id"] for item, _ in group], job=params.to_dict())
 
 
-def _run_batch(runner: ShardRunner, backend, params: JobParams, shard: int, group: list, batch: InferenceBatch,
-               load_s: float, wait_s: float = 0.0, ahead: bool = False) -> list[dict]:
-    """One device call, its timing record (`ahead`: its tensors were loaded while the shard before ran), its COCO
-    results."""
-    rows = len(batch.clip_hw)
+@dataclass
+class Running:
+    """A batch handed to the device thread: its call (t_start, t_end, outputs) and what its record needs."""
+
+    future: Future
+    group: list
+    batch: InferenceBatch
+    load_s: float
+    wait_s: float
+    ahead: bool
+    t_start: float = 0.0
+    t_end: float = 0.0
+    outputs: tuple | None = None
+
+    def wait(self) -> None:
+        """Until the device has answered (its exception raised here)."""
+        self.t_start, self.t_end, self.outputs = self.future.result()
+
+
+def _timed(infer, batch: InferenceBatch) -> tuple[float, float, tuple]:
     t_start = time.time()
-    dets, labels = runner.device_thread.call(backend.infer, batch)
-    t_end = time.time()
-    runner.batch_s = t_end - t_start
+    out = infer(batch)
+    return t_start, time.time(), out
+
+
+def _launch(runner: ShardRunner, backend, group: list, batch: InferenceBatch, load_s: float, wait_s: float,
+            ahead: bool) -> Running:
+    """One device call, started on the device thread."""
+    return Running(runner.device_thread.submit(_timed, backend.infer, batch), group, batch, load_s, wait_s, ahead)
+
+
+def _finish_batch(runner: ShardRunner, backend, params: JobParams, shard: int, done: Running) -> list[dict]:
+    """A finished device call's timing record (`ahead`: its tensors were loaded while the shard before ran) and
+    its COCO results."""
+    dets, labels = done.outputs
+    runner.batch_s = done.t_end - done.t_start
+    group = done.group
     if dets.shape[0] < len(group) or dets.shape[1:] != (MAX_DETS, 5) or labels.shape[0] < len(group):
         raise ValueError(f"backend {backend.name} returned dets {dets.shape} labels {labels.shape} "
                          f"for {len(group)} images")
     runner.state.record_batch(params.job_id, {
         "job": params.job_id, "shard": shard, "device": runner.device, "host": runner.host, "pid": os.getpid(),
-        "seq": runner.next_seq(params.job_id), "size": len(group), "rows": rows, "t_start": t_start, "t_end": t_end,
-        "load_s": load_s, "wait_s": wait_s, **({"ahead": True} if ahead else {}),
+        "seq": runner.next_seq(params.job_id), "size": len(group), "rows": len(done.batch.clip_hw),
+        "t_start": done.t_start, "t_end": done.t_end, "load_s": done.load_s, "wait_s": done.wait_s,
+        **({"ahead": True} if done.ahead else {}),
     })
     out = []
     for j, (item, entry) in enumerate(group):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import socket
@@ -113,6 +114,7 @@ def run_device_worker(args, settings: Settings) -> int:
                 return usage_error(f"backend {args.backend} cannot run on {args.device}: {exc} (--backend)")
         install_context(lambda: WorkerContext(settings, state, runner))
         signals.task_received.connect(runner.next_shard.on_received, weak=False)  # the next shard, one batch early
+        signals.worker_ready.connect(freeze_heap, weak=False)
         name = f"{args.device}-{os.getpid()}@{socket.gethostname()}"
         # threads, one: Celery's consumer loop keeps sending heartbeats while a shard runs (the solo pool runs the
         # task on that loop and sends none: celery#3768), and the backend stays on its own device thread
@@ -123,6 +125,15 @@ def run_device_worker(args, settings: Settings) -> int:
         lease.release()
         reaper.stop()
         runner.close()
+
+
+def freeze_heap(**_) -> None:
+    """What a worker built to start (Celery, kombu, the backend) leaves the garbage collector's view for good.
+
+    Devices of a rack run in step, so their workers allocate in step: each one's full collection over that heap
+    (30-40 ms of CPU) came at the same batch on every device, a stall of up to 0.6 s at 32 devices on 2 cores.
+    """
+    gc.freeze()
 
 
 def run_preprocess_pool(args, settings: Settings) -> int:
@@ -139,6 +150,7 @@ def run_preprocess_pool(args, settings: Settings) -> int:
             queues, name = [PREPROCESS_QUEUE, REDUCE_QUEUE], f"cpu-pool-{os.getpid()}@{socket.gethostname()}"
             concurrency = max(1, args.concurrency)
         install_context(lambda: WorkerContext(settings, open_state(settings)))
+        signals.worker_ready.connect(freeze_heap, weak=False)
         app.worker_main(celery_argv(queues, "prefork", name, args.loglevel, concurrency))
         return 0
     finally:

@@ -1,5 +1,5 @@
 """Chaos bench: a real job on the embedded cluster, once undisturbed, then once per fault injected mid-job, then
-every fault in one job; one row per fault.
+every fault in one job (each strikes once the job has recovered from the one before); one row per fault.
 
     .venv/bin/python bench/chaos.py --seed 1                    # everything (about 12 min on 2 cores)
     .venv/bin/python bench/chaos.py --seed 1 --only redis-kill  # one fault (and the undisturbed run)
@@ -220,11 +220,13 @@ class Run:
         return {"code": code, "report": report, "t_end": t_end, "seconds": t_end - self.t_submit,
                 "traceback": "Traceback" in self.terminal()}
 
-    def detections_after(self, t: float, devices: set[str] | None = None, shard: int | None = None) -> float | None:
-        """The end of the first batch after `t` by one of `devices` or of `shard` (any device when neither)."""
-        ends = [b["t_end"] for b in self.batches if b["t_end"] > t and (
-            (devices is None and shard is None) or b["device"] in (devices or ()) or b["shard"] == shard)]
-        return min(ends) if ends else None
+    def wait_recovered(self, fault: Fault, timeout_s: float = 120) -> None:
+        """Until `recovered_at` finds the fault's recovery in the job's batch records (or the job ended)."""
+        try:
+            self._wait(lambda: self.proc.poll() is not None or recovered_at(self.state.batches(self.job), fault),
+                       timeout_s, f"recovery from {fault.name}", poll_s=0.2)
+        except TimeoutError as exc:
+            fault.notes.append(f"the next fault struck unrecovered: {exc}")
 
 
 # -- the faults: each waits for its moment, strikes, and returns when the fault is over --------------------------
@@ -391,6 +393,17 @@ def late_write(run: Run, fault: Fault) -> str:
     return "lease lost: nothing written" if "lost the lease" in text or "LeaseLost" in text else "no late write"
 
 
+def recovered_at(batches: list[dict], fault: Fault) -> float | None:
+    """The end of the first batch after the fault was over by the device it struck or the device that took its
+    shard (any device for a fault that strikes no device)."""
+    devices = None
+    if fault.device:
+        devices = {fault.device} | ({b["device"] for b in batches if b["shard"] == fault.shard
+                                     and b["t_end"] > fault.t_over} if fault.shard is not None else set())
+    ends = [b["t_end"] for b in batches if b["t_end"] > fault.t_over and (devices is None or b["device"] in devices)]
+    return min(ends) if ends else None
+
+
 def verdict(run: Run, outcome: dict, reference: list | None, faults: list[Fault]) -> list[dict]:
     report = outcome["report"] or {}
     cov = report.get("coverage") or {}
@@ -401,11 +414,7 @@ def verdict(run: Run, outcome: dict, reference: list | None, faults: list[Fault]
     equal = reference is None or stats == reference
     rows = []
     for fault in faults:
-        devices = {fault.device} if fault.device else None
-        if fault.device and fault.shard is not None:
-            taker = {b["device"] for b in run.batches if b["shard"] == fault.shard and b["t_end"] > fault.t_over}
-            devices = devices | taker
-        t_next = run.detections_after(fault.t_over, devices) if devices else run.detections_after(fault.t_over)
+        t_next = recovered_at(run.batches, fault)
         notes = list(fault.notes)
         if fault.name in ("device-stop", "silent"):
             notes.append(late_write(run, fault))
@@ -428,7 +437,8 @@ def verdict(run: Run, outcome: dict, reference: list | None, faults: list[Fault]
 
 def run_job(folder: Path, dataset, latency: str, names: list[str], rng: random.Random, n_shards: int,
             reference: list | None, extra: list[str] = (), store_bytes: int | None = None) -> tuple[list[dict], dict]:
-    """One job with `names` struck one after the other, each once the one before is over."""
+    """One job with `names` struck one after the other, each once the job has recovered from the one before (a fault
+    that struck before would be measured through the one after it: a device's kill through a 30 s Redis stop)."""
     store = folder / "store"
     if store_bytes is not None:
         refused = mount_tmpfs(store, store_bytes)
@@ -451,6 +461,8 @@ def run_job(folder: Path, dataset, latency: str, names: list[str], rng: random.R
                 fault.notes.append(f"did not strike: {exc}")
                 fault.t_inject = fault.t_over = fault.t_over or time.time()
             faults.append(fault)
+            if name != names[-1]:
+                run.wait_recovered(fault)  # the next fault strikes a job that has recovered from this one
         outcome = run.finish()
         return verdict(run, outcome, reference, faults), outcome
     finally:

@@ -273,6 +273,16 @@ class JobState:
         raw = self.r.hgetall(self._part(job_id, "shards"))
         return {int(k): json.loads(v) for k, v in raw.items()}
 
+    def shard_start(self, job_id: str, shard: int) -> tuple[str | None, bool, JobParams | None]:
+        """What a device checks before a shard, in one round trip: the job's status, whether the shard has its
+        result already, the job's parameters (None when the job is gone)."""
+        with self.r.pipeline(transaction=False) as p:
+            p.hget(self._job(job_id), "status")
+            p.hexists(self._part(job_id, "results"), str(shard))
+            p.hget(self._job(job_id), "params")
+            status, written, params = p.execute()
+        return status, bool(written), JobParams.from_dict(json.loads(params)) if params else None
+
     def has_result(self, job_id: str, shard: int) -> bool:
         return bool(self.r.hexists(self._part(job_id, "results"), str(shard)))
 

@@ -22,7 +22,7 @@ from tasks.state import FINISHED, JobState
 
 log = logging.getLogger("tasks.streaming")
 REDUCER_TTL_S = 10.0
-POLL_S = 0.1
+POLL_S = 0.05  # an HLEN: how soon after a shard is written the follower reads it
 RECENT_JOBS = 50  # how far back in the job list a follower looks for running jobs
 
 

@@ -136,12 +136,11 @@ class ShardRunner:
     def __call__(self, job_id: str, shard: int, progress: Progress | None = None, task_id: str | None = None) -> dict:
         """Run the shard; `progress(done=, images=, images_per_s=, ...)` is called after every batch; `task_id`
         (the Celery task's) goes into the lease's shard record, where `status` finds the task's progress."""
-        status = self.state.status(job_id)
-        if status is None or status in FINISHED:
+        status, written, params = self.state.shard_start(job_id, shard)
+        if status is None or status in FINISHED or params is None:
             return {"skipped": f"job {status or 'unknown'}", "device": self.device}
-        if self.state.has_result(job_id, shard):
+        if written:
             return {"skipped": "duplicate: shard already written", "device": self.device}
-        params = self.state.params(job_id)
         self.begin_shard(job_id, shard, params.batch, task_id)
         self.job_in_flight = job_id
         try:
@@ -244,10 +243,10 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
     pending, ahead = first_batch(runner, store, params, shard, planned, backend)
     running: Running | None = None  # the batch on the device now
 
-    def finish(done: Running) -> None:
+    def finish(done: Running, last: bool = False) -> None:
         results.extend(_finish_batch(runner, backend, params, shard, done))
         image_ids.extend(item["id"] for item, _ in done.group)
-        if progress is not None:
+        if progress is not None and not last:  # the last batch's progress would be replaced by the result at once
             count = len(image_ids) + len(unreadable)
             report_progress(progress, done=count, images=len(items),
                             images_per_s=round(count / max(time.time() - t_begin, 1e-6), 2),
@@ -278,7 +277,7 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
         if running is not None:
             done, running = running, None
             done.wait()
-            finish(done)
+            finish(done, last=True)
     finally:
         if running is not None:  # a fault mid-shard: the device ends its call before anything else runs on it
             running.future.exception()

@@ -57,7 +57,9 @@ def test_shard_delivered_twice_is_counted_once(runner, selftest_set, tmp_path, m
     first = runner("job1", 1)
     assert runner("job1", 1)["skipped"].startswith("duplicate")
     # two deliveries racing past the early check: the second write is refused by HSETNX
-    monkeypatch.setattr(runner.state, "has_result", lambda job, shard: False)
+    start = runner.state.shard_start
+    monkeypatch.setattr(runner.state, "shard_start", lambda job, shard: (lambda st, _, p: (st, False, p))(
+        *start(job, shard)))
     assert runner("job1", 1)["outcome"] == "duplicate"
     s = runner.state.summary("job1")
     assert (s["shards_done"], s["images_done"]) == (1, first["images"])
@@ -74,7 +76,9 @@ def test_last_shard_enqueues_the_reducer_once(runner, selftest_set, tmp_path, mo
     monkeypatch.setattr(runner.state, "_enqueuer", Sender())
     for i in range(len(shards)):
         runner("job1", i)
-    monkeypatch.setattr(runner.state, "has_result", lambda job, shard: False)
+    start = runner.state.shard_start
+    monkeypatch.setattr(runner.state, "shard_start", lambda job, shard: (lambda st, _, p: (st, False, p))(
+        *start(job, shard)))
     runner("job1", len(shards) - 1)
     assert sent == ["job1"]
 

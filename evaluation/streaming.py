@@ -102,7 +102,7 @@ class StreamingCocoEval:
 
     def _match(self, image_ids: list[int], results: list[dict]) -> Ranked:
         """The C++ per-image evaluation of these (sorted) images, reduced to flat arrays per detection."""
-        dt = self.gt.loadRes([dict(r) for r in results])  # loadRes adds keys in place
+        dt = self._results_coco(image_ids, results)
         ev = self._make_eval(self.gt, dt, "bbox", print_function=self._quiet, separate_eval=True)
         ev.params.imgIds = image_ids
         ev.evaluate()
@@ -126,6 +126,25 @@ class StreamingCocoEval:
         ranks = np.array([self._rank[i] for i in image_ids], dtype=np.int64)[pairs[:, 1]]
         return Ranked(score, np.repeat(ranks, n_dets), rank_in_image, np.repeat(pairs[:, 0], n_dets),
                       np.stack([matched & counted, counted], axis=1))
+
+    def _results_coco(self, image_ids: list[int], results: list[dict]):
+        """What `COCO.loadRes` makes of bbox results (the same keys and values: area w x h, ids from 1, a box
+        polygon, iscrowd 0), holding only these images: loadRes copies and indexes every image of the annotation
+        file at each call, which, once per shard, grows with the square of the set (704 shards of 10240 images
+        at 64 devices)."""
+        from faster_coco_eval import COCO
+
+        anns = []
+        for index, r in enumerate(results):
+            bb = r["bbox"]
+            x1, x2, y1, y2 = bb[0], bb[0] + bb[2], bb[1], bb[1] + bb[3]
+            anns.append({**r, "segmentation": [[x1, y1, x1, y2, x2, y2, x2, y1]], "area": bb[2] * bb[3],
+                         "id": index + 1, "iscrowd": 0})
+        res = COCO(print_function=self._quiet)
+        res.dataset = {"images": [self.gt.imgs[i] for i in image_ids], "categories": self.gt.dataset["categories"],
+                       "annotations": anns}
+        res.createIndex()
+        return res
 
     def _rank_unmatched(self, results: list[dict]) -> Ranked:
         """Detections of a class the image has no ground truth of: all false positives, or ignored outside

@@ -57,3 +57,16 @@ def test_job_record_round_trips(state):
     state.fail("j1", "boom")
     state.fail("j1", "second reason")  # a finished job keeps its first reason
     assert state.summary("j1")["error"] == "boom"
+
+
+def test_a_result_with_non_finite_numbers_is_read_back_as_written(state):
+    """orjson writes NaN as null: a backend's non-finite answer is written with json instead, and read back."""
+    import math
+    nan = {"image_id": 3, "category_id": 1, "bbox": [float("nan"), 0.0, 1.0, float("inf")], "score": 0.5}
+    payload = {"image_ids": [3], "unreadable": {}, "results": [nan], "finite": False}
+    assert state.write_result("j1", 1, payload, FENCE, 0)[0] == "written"
+    back = state.results("j1")[1]["results"][0]
+    assert math.isnan(back["bbox"][0]) and back["bbox"][3] == float("inf") and back["score"] == 0.5
+    fine = {"image_ids": [1, 2], "unreadable": {}, "results": [{**nan, "bbox": [0.1, 0.2, 3.0, 4.0]}]}
+    assert state.write_result("j1", 0, fine, FENCE, 0)[0] == "written"
+    assert state.results("j1")[0]["results"][0]["bbox"] == [0.1, 0.2, 3.0, 4.0]

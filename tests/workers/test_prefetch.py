@@ -48,3 +48,59 @@ def test_every_batch_is_prefetched_off_the_main_thread_before_it_runs(runner, se
     for batch in backend.inferred:
         assert batch.images.shape[1:] == (3, 128, 128) and batch.clip_hw.dtype == np.float32
         assert len(batch.clip_hw) == len(batch.images) >= len(batch.image_ids)
+
+
+class PixelEcho(Backend):
+    """Answers each image with one detection whose score is its input's checksum (a batch mixed up with another
+    would answer another image's)."""
+
+    name = "pixel-echo"
+    needs_pixels = True
+
+    def infer(self, batch):
+        dets, labels = empty_outputs(len(batch.images))
+        for row in range(len(batch.image_ids)):
+            dets[row, 0] = (0, 0, 8, 8, checksum(batch.images[row]))
+            labels[row, 0] = 0
+        return dets, labels
+
+
+def checksum(image: np.ndarray) -> float:
+    return float(np.abs(image).astype(np.float64).sum() % 997 + 1)
+
+
+def test_batch_arrays_used_again_hold_each_batch_own_pixels(runner, selftest_set, tmp_path):
+    """Arrays are handed back after the device answered and reused: every image still gets its own input."""
+    from tasks.store import TensorStore
+    from model.preprocess import to_network_input
+    ann, img = selftest_set
+    images = read_images(ann)
+    params = JobParams(job_id="p2", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=2,
+                       size_mode="static", static_size=128, store=str(tmp_path / "store"))
+    (shard,) = plan_shards(images, 2, 1, "static", 128, shard_size=len(images))
+    runner.state.create(params, [shard])
+    payload = run_shard(runner, PixelEcho(), params, 0, shard)
+    store = TensorStore(str(tmp_path / "store"))
+    assert len(payload["results"]) == len(images) >= 6  # at least three batches: the first arrays came back
+    for result in payload["results"]:
+        item = next(it for it in shard if it["id"] == result["image_id"])
+        entry = store.load(img / item["file"], "static", 128, True)
+        own = np.zeros((3, 128, 128), np.float32)
+        assert result["score"] == np.float32(checksum(to_network_input(entry.resized, entry.meta, out=own)))
+    assert runner.buffers._free  # arrays were handed back for the next batches
+
+
+def test_a_shard_with_a_non_finite_box_is_marked_for_json(runner, selftest_set, tmp_path):
+    """A NaN box (a broken model) must reach the evaluation as NaN: the runner says so, the write uses json."""
+    class NanBox(PixelEcho):
+        def infer(self, batch):
+            dets, labels = super().infer(batch)
+            dets[0, 0, 2] = np.nan
+            return dets, labels
+    ann, img = selftest_set
+    params = JobParams(job_id="p3", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=2,
+                       size_mode="static", static_size=128, store=str(tmp_path / "store"))
+    (shard,) = plan_shards(read_images(ann), 2, 1, "static", 128, shard_size=4)[:1]
+    runner.state.create(params, [shard])
+    assert run_shard(runner, NanBox(), params, 0, shard)["finite"] is False
+    assert run_shard(runner, PixelEcho(), params, 0, shard)["finite"] is True

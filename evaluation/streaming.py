@@ -102,8 +102,8 @@ class StreamingCocoEval:
 
     def _match(self, image_ids: list[int], results: list[dict]) -> Ranked:
         """The C++ per-image evaluation of these (sorted) images, reduced to flat arrays per detection."""
-        dt = self._results_coco(image_ids, results)
-        ev = self._make_eval(self.gt, dt, "bbox", print_function=self._quiet, separate_eval=True)
+        gt, dt = self._shard_cocos(image_ids, results)
+        ev = self._make_eval(gt, dt, "bbox", print_function=self._quiet, separate_eval=True)
         ev.params.imgIds = image_ids
         ev.evaluate()
         evaluations = ev._evalImgs_cpp  # [K][A][I] flattened: index (k * A + a) * I + i
@@ -127,11 +127,14 @@ class StreamingCocoEval:
         return Ranked(score, np.repeat(ranks, n_dets), rank_in_image, np.repeat(pairs[:, 0], n_dets),
                       np.stack([matched & counted, counted], axis=1))
 
-    def _results_coco(self, image_ids: list[int], results: list[dict]):
-        """What `COCO.loadRes` makes of bbox results (the same keys and values: area w x h, ids from 1, a box
-        polygon, iscrowd 0), holding only these images: loadRes copies and indexes every image of the annotation
-        file at each call, which, once per shard, grows with the square of the set (704 shards of 10240 images
-        at 64 devices)."""
+    def _shard_cocos(self, image_ids: list[int], results: list[dict]):
+        """The ground truth of these images and their detections as two COCO objects holding these images only.
+
+        The detections get what `COCO.loadRes` gives bbox results (area w x h, ids from 1, a box polygon, iscrowd
+        0). loadRes, and COCOeval's constructor on the whole ground truth, copy, index or sort every image of the
+        annotation file at each call: once per shard, that grows with the square of the set (704 shards of
+        10240 images at 64 devices). The per-image matching sees the same annotations either way.
+        """
         from faster_coco_eval import COCO
 
         anns = []
@@ -140,11 +143,16 @@ class StreamingCocoEval:
             x1, x2, y1, y2 = bb[0], bb[0] + bb[2], bb[1], bb[1] + bb[3]
             anns.append({**r, "segmentation": [[x1, y1, x1, y2, x2, y2, x2, y1]], "area": bb[2] * bb[3],
                          "id": index + 1, "iscrowd": 0})
-        res = COCO(print_function=self._quiet)
-        res.dataset = {"images": [self.gt.imgs[i] for i in image_ids], "categories": self.gt.dataset["categories"],
-                       "annotations": anns}
-        res.createIndex()
-        return res
+        images = [self.gt.imgs[i] for i in image_ids]
+        categories = self.gt.dataset["categories"]
+        gt = COCO(print_function=self._quiet)
+        gt.dataset = {"images": images, "categories": categories,
+                      "annotations": [a for i in image_ids for a in self.gt.imgToAnns.get(i, ())]}
+        gt.createIndex()
+        dt = COCO(print_function=self._quiet)
+        dt.dataset = {"images": images, "categories": categories, "annotations": anns}
+        dt.createIndex()
+        return gt, dt
 
     def _rank_unmatched(self, results: list[dict]) -> Ranked:
         """Detections of a class the image has no ground truth of: all false positives, or ignored outside

@@ -108,12 +108,17 @@ class Rack:
 
 
 def warm_up(rack: Rack, ann: Path, backend: str) -> None:
-    """Every device loads the sim's answers for `ann` (a real device loads its model before a job)."""
+    """Every device loads the sim's answers for `ann` and, with `load=pixels`, makes its batch input arrays (a real
+    device loads its model and allocates its inputs before a job; a fresh worker's first arrays cost their first
+    touch: about 1 s for four devices' first two batches at once here)."""
     state, images = rack.state, read_images(ann)
+    pixels = "load=pixels" in backend
+    batch = BATCH if pixels else 1
     for _ in range(3):
         params = JobParams(job_id=new_job_id(), annotation=str(ann), image_dir=str(ann.parent / "images"),
-                           backend=backend, batch=1, shard_size=1, warmup_batches=0)
-        submit_job(state, params, images[:2 * len(rack.devices)], len(rack.devices), preprocess_first=False)
+                           backend=backend, batch=batch, shard_size=2 * batch, warmup_batches=0, size_mode="static",
+                           static_size=SIZE)
+        submit_job(state, params, images[:2 * batch * len(rack.devices)], len(rack.devices), preprocess_first=False)
         wait_job(state, params.job_id, check_alive=rack.cluster.check_alive, timeout_s=300)
         ran = {r["device"] for r in state.batches(params.job_id)}
         state.delete_job(params.job_id)

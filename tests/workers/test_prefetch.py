@@ -32,13 +32,20 @@ class PrefetchRecorder(Backend):
         return empty_outputs(len(batch.images))
 
 
-def test_every_batch_is_prefetched_off_the_main_thread_before_it_runs(runner, selftest_set, tmp_path):
+def one_shard_job(runner, selftest_set, tmp_path, job_id: str, batch: int, images: int | None = None):
+    """A job of one shard (the first `images` of the set, all by default) at 128 static: (params, its items)."""
     ann, img = selftest_set
-    images = read_images(ann)
-    params = JobParams(job_id="p1", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=3,
+    items = read_images(ann)[:images]
+    params = JobParams(job_id=job_id, annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=batch,
                        size_mode="static", static_size=128, store=str(tmp_path / "store"))
-    (shard,) = plan_shards(images, 3, 1, "static", 128, shard_size=len(images))
+    (shard,) = plan_shards(items, batch, 1, "static", 128, shard_size=len(items))
     runner.state.create(params, [shard])
+    return params, shard
+
+
+def test_every_batch_is_prefetched_off_the_main_thread_before_it_runs(runner, selftest_set, tmp_path):
+    params, shard = one_shard_job(runner, selftest_set, tmp_path, "p1", 3)
+    images = shard
     backend = PrefetchRecorder()
     payload = run_shard(runner, backend, params, 0, shard)
     assert len(payload["image_ids"]) == len(images)
@@ -73,12 +80,8 @@ def test_batch_arrays_used_again_hold_each_batch_own_pixels(runner, selftest_set
     """Arrays are handed back after the device answered and reused: every image still gets its own input."""
     from tasks.store import TensorStore
     from model.preprocess import to_network_input
-    ann, img = selftest_set
-    images = read_images(ann)
-    params = JobParams(job_id="p2", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=2,
-                       size_mode="static", static_size=128, store=str(tmp_path / "store"))
-    (shard,) = plan_shards(images, 2, 1, "static", 128, shard_size=len(images))
-    runner.state.create(params, [shard])
+    params, shard = one_shard_job(runner, selftest_set, tmp_path, "p2", 2)
+    images, img = shard, selftest_set[1]
     payload = run_shard(runner, PixelEcho(), params, 0, shard)
     store = TensorStore(str(tmp_path / "store"))
     assert len(payload["results"]) == len(images) >= 6  # at least three batches: the first arrays came back
@@ -97,10 +100,6 @@ def test_a_shard_with_a_non_finite_box_is_marked_for_json(runner, selftest_set, 
             dets, labels = super().infer(batch)
             dets[0, 0, 2] = np.nan
             return dets, labels
-    ann, img = selftest_set
-    params = JobParams(job_id="p3", annotation=str(ann), image_dir=str(img), backend="groundtruth", batch=2,
-                       size_mode="static", static_size=128, store=str(tmp_path / "store"))
-    (shard,) = plan_shards(read_images(ann), 2, 1, "static", 128, shard_size=4)[:1]
-    runner.state.create(params, [shard])
+    params, shard = one_shard_job(runner, selftest_set, tmp_path, "p3", 2, images=4)
     assert run_shard(runner, NanBox(), params, 0, shard)["finite"] is False
     assert run_shard(runner, PixelEcho(), params, 0, shard)["finite"] is True

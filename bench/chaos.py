@@ -258,7 +258,12 @@ def strike_submit_kill(run: Run, fault: Fault, rng: random.Random) -> None:
     fault.t_inject = time.time()
     run.proc.kill()  # its cluster gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and shuts down
     run.proc.wait()
-    run._wait(lambda: not processes_on(old), 60, "the orphaned cluster to stop")
+    try:
+        run._wait(lambda: not processes_on(old), 60, "the orphaned cluster to stop")
+    except TimeoutError as exc:  # name what outlived its cluster, with its log's last line
+        left = processes_on(old)
+        raise TimeoutError(f"{exc}: still running {', '.join(f'{n} (pid {p})' for n, p in sorted(left.items()))}; "
+                           f"{last_log_lines(run, left)}") from None
     fault.manual.append("resume")
     run.proc = run._spawn(["-m", "orchestrator", "resume", run.job, "--run-dir", str(run.runs),
                            "--lease-ttl", str(LEASE_TTL_S)])
@@ -268,6 +273,17 @@ def strike_submit_kill(run: Run, fault: Fault, rng: random.Random) -> None:
                      "the resumed cluster")
     run._attach(f"redis://127.0.0.1:{port}/0")
     run.retarget_relay()
+
+
+def last_log_lines(run: Run, names: dict[str, int]) -> str:
+    """The last line of each named process's log in the embedded cluster's folder."""
+    lines = []
+    files = {"redis": "redis/redis.log", "pool": "logs/preprocess.log"}
+    for name in names:
+        for log in run.runs.glob(f"**/{files.get(name, 'logs/' + name.replace(':', '') + '.log')}"):
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            lines.append(f"{name}: {tail[0][-200:]}")
+    return "; ".join(lines)
 
 
 def _worker_ports(parent: int) -> list[int]:

@@ -10,11 +10,13 @@ Two ways, for two kinds of process:
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import socket
 import ssl
 import threading
 import time
+from multiprocessing.sharedctypes import RawValue
 from typing import Callable, TypeVar
 
 import kombu.exceptions
@@ -35,13 +37,26 @@ T = TypeVar("T")
 log = logging.getLogger("tasks.outage")
 
 
-_shutting_down = threading.Event()
+# in memory shared with the processes forked after this import: a pool's prefork children see its shutdown too
+_shutting_down = RawValue(ctypes.c_bool, False)
 
 
 def stop_riding_out() -> None:
     """The process is shutting down: from now on a command fails at once instead of waiting for the broker
-    (a worker's warm shutdown must not wait out an outage, nor a cluster that is gone)."""
-    _shutting_down.set()
+    (a worker's warm shutdown must not wait out an outage, nor a cluster that is gone).
+
+    Celery calls it from its SIGTERM handler in a worker's main process, so it only writes a flag, and the flag
+    is shared with the pool's prefork children, which get no signal of their own. Two faults of the chaos
+    bench's kill of `submit` (the pool outlived its cluster by minutes, 1 run in about 10): it was a
+    `threading.Event`, and a second SIGTERM that interrupted the first handler inside `Event.set` waited for the
+    lock that handler held; and a child in the middle of a preprocessing task rode the outage out for
+    --broker-timeout while its parent waited for it.
+    """
+    _shutting_down.value = True
+
+
+def shutting_down() -> bool:
+    return bool(_shutting_down.value)
 
 
 class BrokerUnreachable(RuntimeError):
@@ -95,7 +110,7 @@ class RideOutRetry(Retry):
                     raise
                 since = since or time.monotonic()
                 self._announce(error)
-                if time.monotonic() - since > self.budget_s or _shutting_down.is_set():
+                if time.monotonic() - since > self.budget_s or shutting_down():
                     raise
                 time.sleep(self._backoff.compute(failures))
             else:

@@ -60,7 +60,7 @@ class StreamingCocoEval:
         from faster_coco_eval import COCO, COCOeval_faster
 
         self._quiet = lambda *args, **kwargs: None
-        self._make_eval = COCOeval_faster
+        self._make_eval, self._make_coco = COCOeval_faster, COCO
         self.gt = COCO(annotation)  # a path, or the parsed file
         self.gt.print_function = self._quiet
         self.params = COCOeval_faster(self.gt, None, "bbox", print_function=self._quiet).params
@@ -135,8 +135,6 @@ class StreamingCocoEval:
         annotation file at each call: once per shard, that grows with the square of the set (704 shards of
         10240 images at 64 devices). The per-image matching sees the same annotations either way.
         """
-        from faster_coco_eval import COCO
-
         anns = []
         for index, r in enumerate(results):
             bb = r["bbox"]
@@ -144,15 +142,15 @@ class StreamingCocoEval:
             anns.append({**r, "segmentation": [[x1, y1, x1, y2, x2, y2, x2, y1]], "area": bb[2] * bb[3],
                          "id": index + 1, "iscrowd": 0})
         images = [self.gt.imgs[i] for i in image_ids]
-        categories = self.gt.dataset["categories"]
-        gt = COCO(print_function=self._quiet)
-        gt.dataset = {"images": images, "categories": categories,
-                      "annotations": [a for i in image_ids for a in self.gt.imgToAnns.get(i, ())]}
-        gt.createIndex()
-        dt = COCO(print_function=self._quiet)
-        dt.dataset = {"images": images, "categories": categories, "annotations": anns}
-        dt.createIndex()
-        return gt, dt
+        truth = [a for i in image_ids for a in self.gt.imgToAnns.get(i, ())]
+        return self._coco(images, truth), self._coco(images, anns)
+
+    def _coco(self, images: list[dict], annotations: list[dict]):
+        """A COCO object over these images and annotations, with the file's categories, indexed."""
+        coco = self._make_coco(print_function=self._quiet)
+        coco.dataset = {"images": images, "categories": self.gt.dataset["categories"], "annotations": annotations}
+        coco.createIndex()
+        return coco
 
     def _rank_unmatched(self, results: list[dict]) -> Ranked:
         """Detections of a class the image has no ground truth of: all false positives, or ignored outside

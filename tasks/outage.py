@@ -56,6 +56,7 @@ def stop_riding_out() -> None:
 
 
 def shutting_down() -> bool:
+    """Whether this process, or the pool it was forked from, is shutting down."""
     return bool(_shutting_down.value)
 
 

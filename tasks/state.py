@@ -280,8 +280,8 @@ class JobState:
             p.hget(self._job(job_id), "status")
             p.hexists(self._part(job_id, "results"), str(shard))
             p.hget(self._job(job_id), "params")
-            status, written, params = p.execute()
-        return status, bool(written), JobParams.from_dict(json.loads(params)) if params else None
+            status, written, raw = p.execute()
+        return status, bool(written), JobParams.from_dict(json.loads(raw)) if raw else None
 
     def has_result(self, job_id: str, shard: int) -> bool:
         return bool(self.r.hexists(self._part(job_id, "results"), str(shard)))

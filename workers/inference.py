@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -109,7 +108,8 @@ class ShardRunner:
         if not planned:
             return None
         store = TensorStore(self.store_root or params.store or None)
-        return Preloaded([item["id"] for item in planned[0]], _prepare(store, params, planned[0], self.backend, self.buffers), store)
+        prepared = _prepare(store, params, planned[0], self.backend, self.buffers)
+        return Preloaded([item["id"] for item in planned[0]], prepared, store)
 
     def check(self) -> None:
         """Before each batch: still our device, and (one HGET) the job was not cancelled meanwhile."""
@@ -203,7 +203,7 @@ def _load(store: TensorStore, params: JobParams, items: list[dict], pixels: bool
     return loaded, unreadable
 
 
-def _prepare(store: TensorStore, params: JobParams, items: list[dict], backend, buffers: BatchBuffers | None = None):
+def _prepare(store: TensorStore, params: JobParams, items: list[dict], backend, buffers: BatchBuffers):
     """A planned batch made ready for the device, off its critical path: [(group, InferenceBatch)],
     {image id: why unreadable}, seconds spent loading and stacking. Each batch is handed to
     `backend.prefetch`, so a GPU backend copies it to the device while the one before runs."""
@@ -248,11 +248,10 @@ class BatchBuffers:
                 free.append(array)
 
 
-def _stack(group: list, rows: int, buffers: BatchBuffers | None = None) -> np.ndarray:
+def _stack(group: list, rows: int, buffers: BatchBuffers) -> np.ndarray:
     """float32 [rows, 3, H, W]: each image normalised straight into its row, padded canvases zero."""
     meta = group[0][1].meta
-    shape = (rows, 3, meta.input_h, meta.input_w)
-    batch = buffers.take(shape) if buffers is not None else np.empty(shape, dtype=np.float32)
+    batch = buffers.take((rows, 3, meta.input_h, meta.input_w))
     for row, (_, entry) in enumerate(group):
         to_network_input(entry.resized, entry.meta, out=batch[row])
     batch[len(group):] = 0
@@ -274,10 +273,13 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
     loader = runner.loader
     pending, ahead = first_batch(runner, store, params, shard, planned, backend)
     running: Running | None = None  # the batch on the device now
+    finite = True  # every number the device answered is finite (else the result is written with json: NaN kept)
 
     def finish(done: Running, last: bool = False) -> None:
+        nonlocal finite
         runner.buffers.give(done.batch.images)  # the device has answered: its input array serves a later batch
         results.extend(_finish_batch(runner, backend, params, shard, done))
+        finite = finite and bool(np.isfinite(done.outputs[0][:len(done.group)]).all())
         image_ids.extend(item["id"] for item, _ in done.group)
         if progress is not None and not last:  # the last batch's progress would be replaced by the result at once
             count = len(image_ids) + len(unreadable)
@@ -303,7 +305,8 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
                 runner.check()
                 if ending:
                     runner.next_shard.reserve()  # the next shard's first batch loads while this one ends
-                running = _launch(runner, backend, group, batch, load_s, max(0.0, t_ready - t_wait), ahead)
+                running = Running(runner.device_thread.submit(_timed, backend.infer, batch), group, batch, load_s,
+                                  max(0.0, t_ready - t_wait), ahead)
                 if before is not None:
                     finish(before)
                 ahead = False
@@ -315,7 +318,7 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
         if running is not None:  # a fault mid-shard: the device ends its call before anything else runs on it
             running.future.exception()
     return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
-            "finite": all(math.isfinite(r["score"]) and all(map(math.isfinite, r["bbox"])) for r in results),
+            "finite": finite,
             "device": runner.device, "host": runner.host, "pid": os.getpid(), "fence": runner.lease.fence,
             "t_start": t_begin, "t_end": time.time(),
             "store": {"hits": store.hits, "misses": store.misses, "recomputed": store.recomputed}}
@@ -358,7 +361,7 @@ def report_progress(progress: Progress, **fields) -> None:
         log.warning("progress not sent: %s", exc)
 
 
-def _batch(params: JobParams, backend, group: list, buffers: BatchBuffers | None = None) -> InferenceBatch:
+def _batch(params: JobParams, backend, group: list, buffers: BatchBuffers) -> InferenceBatch:
     """The device call's input: images (padded to the backend's fixed batch), clip sizes, metas, ids."""
     metas = [entry.meta for _, entry in group]
     rows = max(backend.fixed_batch or len(group), len(group))
@@ -393,12 +396,6 @@ def _timed(infer, batch: InferenceBatch) -> tuple[float, float, tuple]:
     t_start = time.time()
     out = infer(batch)
     return t_start, time.time(), out
-
-
-def _launch(runner: ShardRunner, backend, group: list, batch: InferenceBatch, load_s: float, wait_s: float,
-            ahead: bool) -> Running:
-    """One device call, started on the device thread."""
-    return Running(runner.device_thread.submit(_timed, backend.infer, batch), group, batch, load_s, wait_s, ahead)
 
 
 def _finish_batch(runner: ShardRunner, backend, params: JobParams, shard: int, done: Running) -> list[dict]:

@@ -8,12 +8,12 @@ for the next timer (up to seconds), so the worker wakes the loop through `Hub.ca
 hub's waker from any thread (kombu >= 5.7). A remote-control ping would wake it too, but the Redis
 transport's pidbox is a fanout: every worker of the cluster receives and decodes every ping (0.26 of a core
 at 32 devices on this machine, growing with the square of the devices). When the message arrives (Celery's
-`task_received` signal, on the consumer's thread) its shard is recorded in the device lease as `next` and its first batch is loaded on the
-worker's loader thread. When the shard ends the count goes back down: a worker never holds more than one shard
-beyond the one it runs, and only for its last batch or NEXT_SHARD_LEAD_S (fairness: at the end of a job a
-shard taken early is one that no idle device could have started much sooner). If the worker
-dies, its lease expires and the reaper gives back both shards (workers/reaper.py); the lost-work check counts
-a `next` shard as taken (tasks/recovery.py).
+`task_received` signal, on the consumer's thread) its shard is recorded in the device lease as `next` and its
+first batch is loaded on the worker's loader thread. When the shard ends the count goes back down: a worker
+never holds more than one shard beyond the one it runs, and only for its last batch or NEXT_SHARD_LEAD_S
+(fairness: at the end of a job a shard taken early is one that no idle device could have started much sooner).
+If the worker dies, its lease expires and the reaper gives back both shards (workers/reaper.py); the lost-work
+check counts a `next` shard as taken (tasks/recovery.py).
 """
 from __future__ import annotations
 
@@ -92,4 +92,3 @@ class NextShard:
         except Exception as exc:  # noqa: BLE001 - loaded again the usual way
             log.warning("the first batch of shard %d of job %s was not loaded ahead: %s", shard, job, exc)
             return None
-

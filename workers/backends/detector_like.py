@@ -28,24 +28,19 @@ _LABEL_OF = np.zeros(CATEGORY_IDS.max() + 1, dtype=np.int64)
 _LABEL_OF[CATEGORY_IDS] = np.arange(len(CATEGORY_IDS))
 
 
-def random_box(rng: np.random.Generator, w: int, h: int) -> list[float]:
-    """A box [x, y, w, h] of log-uniform size (small, medium and large all occur), inside the image."""
-    side = float(np.exp(rng.uniform(np.log(4), np.log(min(w, h)))))
-    bw = float(np.clip(side * rng.uniform(0.5, 2.0), 2, w - 1))
-    bh = float(np.clip(side * rng.uniform(0.5, 2.0), 2, h - 1))
-    x = float(rng.uniform(0, w - bw))
-    y = float(rng.uniform(0, h - bh))
-    return [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)]
-
-
 def random_boxes(rng: np.random.Generator, k: int, w: int, h: int) -> np.ndarray:
-    """k boxes [x, y, w, h] drawn as `random_box` draws one, with whole arrays."""
+    """k boxes [x, y, w, h] of log-uniform size (small, medium and large all occur), inside the image, unrounded."""
     side = np.exp(rng.uniform(np.log(4), np.log(min(w, h)), k))
     bw = np.clip(side * rng.uniform(0.5, 2.0, k), 2, w - 1)
     bh = np.clip(side * rng.uniform(0.5, 2.0, k), 2, h - 1)
     x = rng.uniform(0, w - bw)
     y = rng.uniform(0, h - bh)
-    return np.round(np.stack([x, y, bw, bh], axis=1), 2)
+    return np.stack([x, y, bw, bh], axis=1)
+
+
+def random_box(rng: np.random.Generator, w: int, h: int) -> list[float]:
+    """One such box, to 0.01 px (a generated ground-truth box)."""
+    return [round(float(v), 2) for v in random_boxes(rng, 1, w, h)[0]]
 
 
 def _scores(rng: np.random.Generator, a, b, k: int) -> np.ndarray:
@@ -74,7 +69,7 @@ def image_detections(rng: np.random.Generator, width: int, height: int, annotati
     good = first & ~wrong
     scores = _scores(rng, np.where(good, 5, 2), np.where(good, 2, 5), len(which))
     k = max(0, n - len(which))  # false positives
-    fp = random_boxes(rng, k, width, height)
+    fp = np.round(random_boxes(rng, k, width, height), 2)
     boxes = np.concatenate([found, np.concatenate([fp[:, :2], fp[:, :2] + fp[:, 2:]], axis=1)])[:n]
     scores = np.concatenate([scores, _scores(rng, 1, 6, k)])[:n]
     cats = np.concatenate([cats, CATEGORY_IDS[rng.integers(0, 80, k)]])[:n]

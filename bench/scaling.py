@@ -161,7 +161,8 @@ def run_job(rack: Rack, ann: Path, backend: str, store: str, ideal_s: float) -> 
            "ok": report["status"] == "done" and report["coverage"]["ok"],
            "wait_s": sum(r.get("wait_s", 0.0) for r in records), "cpu_s": cpu,
            "wait_note": report["metrics"].get("tensor_wait_note", ""),
-           "wait_fraction": report["metrics"].get("tensor_wait_fraction", 0.0)}
+           "wait_fraction": report["metrics"].get("tensor_wait_fraction", 0.0),
+           "reducer": report["reducer"], "t_reduce_start": report["timestamps"]["reduce_start"] - t0}
     if RECORDS:
         RECORDS.mkdir(parents=True, exist_ok=True)
         name = f"{n}dev-{params.backend.replace(':', '_').replace(',', '_').replace('@', '_')}-{len(images)}.json"

@@ -124,13 +124,16 @@ def finish_job(state: JobState, job_id: str, params: JobParams, expected_ids: li
     """
     summary = state.summary(job_id)
     evaluator = evaluator or params.coco_eval
+    t0 = time.time()
     with failing_job(state, job_id):
         coverage = check_coverage(expected_ids, shards, results)
+        t_coverage = time.time()
         if evaluation is not None:
             ap = {**evaluation.finish(), "evaluator": evaluator, "per_image": "as each shard landed"
                   if mode == "streaming" else "after the last shard"}
         else:
             ap = evaluate(annotation or params.annotation, union_results(results), evaluator)
+    t_ap = time.time()
     metrics = job_metrics(state.batches(job_id), params.warmup_batches, len(expected_ids),
                           float(summary["t_submit"]), t_reduce_start)
     t_done = time.time()
@@ -145,7 +148,8 @@ def finish_job(state: JobState, job_id: str, params: JobParams, expected_ids: li
         "metrics": metrics,
         "workers": _workers(state, metrics),
         "manifest": json.loads(summary.get("manifest") or "{}"),
-        "reducer": {"mode": mode, "host": socket.gethostname(), "pid": os.getpid()},
+        "reducer": {"mode": mode, "host": socket.gethostname(), "pid": os.getpid(),
+                    "seconds": {"coverage": t_coverage - t0, "ap": t_ap - t_coverage, "metrics": t_done - t_ap}},
         "timestamps": {"submit": float(summary["t_submit"]), "reduce_start": t_reduce_start,
                        "done": t_done, "evaluate_s": t_done - t_reduce_start},
     }

@@ -57,7 +57,8 @@ class ShardRunner:
         self.job_batches: dict[str, int] = {}
         self.device_thread = DeviceThread(self.device)  # the backend's one thread
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"loader-{self.device}")
-        self.next_shard = NextShard(self.loader.submit, self._preload, self._note_next)
+        self.next_shard = NextShard(self.loader.submit, self._preload, self._note_next, self._launch_next,
+                                    self._drop_next)
         self.buffers = BatchBuffers()
         self._marked: dict | None = None  # the shard record in the lease now
         self.batch_s: float | None = None  # the last device call's seconds: when to ask for the next shard
@@ -101,8 +102,9 @@ class ShardRunner:
 
     def _preload(self, job_id: str, shard: int) -> Preloaded | None:
         """On the loader thread: the next shard's first batch, loaded as run_shard would (same backend only)."""
-        params = self.state.params(job_id)
-        if self.backend is None or (params.backend, params.model, params.precision) != self._backend_key:
+        status, written, params = self.state.shard_start(job_id, shard)
+        if status in FINISHED or written or params is None or self.backend is None \
+                or (params.backend, params.model, params.precision) != self._backend_key:
             return None
         planned = plan_shard_batches(self.state.shard_items(job_id, shard), params)
         if not planned:
@@ -110,6 +112,23 @@ class ShardRunner:
         store = TensorStore(self.store_root or params.store or None)
         prepared = _prepare(store, params, planned[0], self.backend, self.buffers)
         return Preloaded([item["id"] for item in planned[0]], prepared, store)
+
+    def _launch_next(self, pre: Preloaded, after: Running) -> Running | None:
+        """The next shard's first batch onto the device behind `after` (this shard's last batch), while the lease
+        is ours; its shard's task finds it running (`Preloaded.running`)."""
+        groups, _, load_s = pre.prepared
+        if len(groups) != 1 or not self.lease.held:
+            return None
+        group, batch = groups[0]
+        return Running(self.device_thread.submit(_timed, self.backend.infer, batch), group, batch, load_s, 0.0,
+                       True, after=after.future)
+
+    def _drop_next(self, pre: Preloaded) -> None:
+        """A preloaded shard that will not run here: arrays on the device come back once it has answered (those
+        never launched are left to the garbage collector: a backend may still be copying them)."""
+        if pre.running is not None:
+            images = pre.running.batch.images
+            pre.running.future.add_done_callback(lambda _: self.buffers.give(images))
 
     def check(self) -> None:
         """Before each batch: still our device, and (one HGET) the job was not cancelled meanwhile."""
@@ -271,7 +290,7 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
     image_ids, unreadable, results = [], {}, []
     t_begin = time.time()
     loader = runner.loader
-    pending, ahead = first_batch(runner, store, params, shard, planned, backend)
+    pending, ahead, launched = first_batch(runner, store, params, shard, planned, backend)
     running: Running | None = None  # the batch on the device now
     finite = True  # every number the device answered is finite (else the result is written with json: NaN kept)
 
@@ -305,18 +324,24 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
                 runner.check()
                 if ending:
                     runner.next_shard.reserve()  # the next shard's first batch loads while this one ends
-                running = Running(runner.device_thread.submit(_timed, backend.infer, batch), group, batch, load_s,
-                                  max(0.0, t_ready - t_wait), ahead)
+                if launched is not None:  # on the device since the shard before ended
+                    running, launched = launched, None
+                else:
+                    running = Running(runner.device_thread.submit(_timed, backend.infer, batch), group, batch,
+                                      load_s, max(0.0, t_ready - t_wait), ahead)
                 if before is not None:
                     finish(before)
                 ahead = False
+            if index + 1 == len(planned) and running is not None:
+                runner.next_shard.chain_after(running)  # the next shard's first batch may follow it on the device
         if running is not None:
             done, running = running, None
             done.wait()
             finish(done, last=True)
-    finally:
-        if running is not None:  # a fault mid-shard: the device ends its call before anything else runs on it
-            running.future.exception()
+    finally:  # a fault mid-shard: the device ends its calls before anything else runs on it
+        for call in (running, launched):
+            if call is not None:
+                call.future.exception()
     return {"image_ids": image_ids, "unreadable": unreadable, "results": results,
             "finite": finite,
             "device": runner.device, "host": runner.host, "pid": os.getpid(), "fence": runner.lease.fence,
@@ -326,11 +351,13 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
 
 @dataclass
 class Preloaded:
-    """A shard's first batch loaded while the shard before it ran: its image ids, `_prepare`'s output, its store."""
+    """A shard's first batch loaded while the shard before it ran: its image ids, `_prepare`'s output, its store,
+    and its device call once put behind the last batch of the shard before."""
 
     image_ids: list[int]
     prepared: tuple
     store: TensorStore
+    running: Running | None = None
 
 
 def plan_shard_batches(items: list[dict], params: JobParams) -> list[list[dict]]:
@@ -338,19 +365,22 @@ def plan_shard_batches(items: list[dict], params: JobParams) -> list[list[dict]]
 
 
 def first_batch(runner: ShardRunner, store: TensorStore, params: JobParams, shard: int, planned: list,
-                backend) -> tuple[Future | None, bool]:
-    """The shard's first batch, and whether it was loaded ahead (its store counts then added to this shard's) or
-    is loading now."""
-    if not planned:
-        return None, False
+                backend) -> tuple[Future | None, bool, Running | None]:
+    """The shard's first batch: loading now, or loaded ahead (its store counts then added to this shard's), and
+    its device call when it was put behind the shard before's last batch."""
     pre = runner.next_shard.take(params.job_id, shard)
-    if pre is not None and pre.image_ids == [item["id"] for item in planned[0]]:
+    if pre is not None and (not planned or pre.image_ids != [item["id"] for item in planned[0]]):
+        runner._drop_next(pre)
+        pre = None
+    if not planned:
+        return None, False, None
+    if pre is not None:
         store.hits, store.misses = store.hits + pre.store.hits, store.misses + pre.store.misses
         store.recomputed += pre.store.recomputed
         done: Future = Future()
         done.set_result(pre.prepared)
-        return done, True
-    return runner.loader.submit(_prepare, store, params, planned[0], backend, runner.buffers), False
+        return done, True, pre.running
+    return runner.loader.submit(_prepare, store, params, planned[0], backend, runner.buffers), False, None
 
 
 def report_progress(progress: Progress, **fields) -> None:
@@ -383,6 +413,7 @@ class Running:
     load_s: float
     wait_s: float
     ahead: bool
+    after: Future | None = None  # the call it was queued behind (the shard before's last batch), if it was
     t_start: float = 0.0
     t_end: float = 0.0
     outputs: tuple | None = None
@@ -390,6 +421,9 @@ class Running:
     def wait(self) -> None:
         """Until the device has answered (its exception raised here)."""
         self.t_start, self.t_end, self.outputs = self.future.result()
+        if self.after is not None:  # the device was free, waiting for it, from the call before's end
+            before = self.after.result()[1] if self.after.exception() is None else self.t_start
+            self.wait_s = max(0.0, self.t_start - before)
 
 
 def _timed(infer, batch: InferenceBatch) -> tuple[float, float, tuple]:
@@ -411,7 +445,7 @@ def _finish_batch(runner: ShardRunner, backend, params: JobParams, shard: int, d
         "job": params.job_id, "shard": shard, "device": runner.device, "host": runner.host, "pid": os.getpid(),
         "seq": runner.next_seq(params.job_id), "size": len(group), "rows": len(done.batch.clip_hw),
         "t_start": done.t_start, "t_end": done.t_end, "load_s": done.load_s, "wait_s": done.wait_s,
-        **({"ahead": True} if done.ahead else {}),
+        **({"ahead": True} if done.ahead else {}), **({"chained": True} if done.after is not None else {}),
     })
     out = []
     for j, (item, entry) in enumerate(group):

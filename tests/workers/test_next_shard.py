@@ -1,5 +1,6 @@
 """Cross-shard prefetch on real workers: a device loads its next shard's first batch while the last batch of the
-one before runs, and a worker killed while holding that next shard loses neither."""
+one before runs and starts it right behind that batch, and a worker killed while holding that next shard loses
+neither."""
 from __future__ import annotations
 
 import json
@@ -41,6 +42,13 @@ def test_each_shard_after_the_first_starts_on_tensors_loaded_ahead(redis_url, pr
           f"at most, the others {[round(r['wait_s'], 3) for r in order[1:] if not r.get('ahead')]}")
     assert not order[0].get("ahead")  # nothing ran before it
     assert len(ahead) == len(order) - 1 >= 2, order
+    # and each was put on the device behind the last batch of the shard before, ahead of its own task's start
+    results = state.results(job)
+    chained = [r["shard"] for r in order[1:] if r.get("chained") and r["t_start"] < results[r["shard"]]["t_start"]]
+    calls = sorted(state.batches(job), key=lambda r: r["t_start"])
+    idle = [round(b["t_start"] - a["t_end"], 4) for a, b in zip(calls, calls[1:]) if a["shard"] != b["shard"]]
+    print(f"{len(chained)} of them started on the device before their task did; device idle between shards {idle} s")
+    assert chained == ahead, order
     assert sum(r["size"] for r in state.batches(job)) == report["coverage"]["counted"]  # no shard ran twice
 
 

@@ -14,7 +14,8 @@ image-ordered concatenation), the same integer counts and float operations, so t
 recall arrays equal pycocotools' bit for bit and need none of the C++ first-point fix. A curve is
 sampled where recall first reaches a threshold, which is a true positive (or the first row), and
 the running maximum of precision from there on is reached at a true positive, so `finish` computes
-the curve on the rows that can match only, with the count of the other counted rows before each.
+the curve at the true positives only, with the count of the other counted rows before each.
+Rows are kept in arrays that grow in place as shards come, so nothing is joined after the last shard.
 It does not call faster-coco-eval's `COCOevalAccumulate`: that one takes one list of classes x area
 ranges x images `ImageEvaluation` objects (1.6M on val2017) and needed 3.5-4.6 s for 409k detections
 on this machine (bench/eval_stream.py --cpp-accumulate). Images that never come count as images
@@ -32,7 +33,6 @@ import numpy as np
 from evaluation.coco_eval import STAT_NAMES, summarize, valid_ground_truth
 
 _STATE = operator.methodcaller("__getstate__")  # an ImageEvaluation's vectors as Python lists
-_KEYS = ("score", "image_rank", "rank_in_image", "category")
 
 
 @dataclass
@@ -46,11 +46,32 @@ class Ranked:
     flags: np.ndarray  # bool: [n, 2, A*T] true positive and counted (not ignored), or [n, A] inside the area range
 
 
-def _join(parts: list[Ranked], flag_shape: tuple) -> Ranked:
-    if not parts:
-        empty = np.zeros(0, np.int64)
-        return Ranked(np.zeros(0), empty, empty, empty, np.zeros((0, *flag_shape), bool))
-    return Ranked(*(np.concatenate([getattr(p, f) for p in parts]) for f in (*_KEYS, "flags")))
+class _Columns:
+    """Per-detection arrays appended shard by shard in place (capacity doubled when full): `curves` reads every
+    shard's rows as they lie. Joining per-shard parts after the last shard copied every row again (80 ms for
+    831k detections here)."""
+
+    def __init__(self, **columns: tuple):
+        self.n = 0
+        self._arrays = {name: np.empty((0, *shape), dtype) for name, (dtype, shape) in columns.items()}
+
+    def append(self, **values: np.ndarray) -> np.ndarray:
+        """Add these rows; returns their row numbers."""
+        m = len(next(iter(values.values())))
+        capacity = len(next(iter(self._arrays.values())))
+        if self.n + m > capacity:
+            capacity = max(2 * capacity, self.n + m, 1024)
+            for name, old in self._arrays.items():
+                new = np.empty((capacity, *old.shape[1:]), old.dtype)
+                new[:self.n] = old[:self.n]
+                self._arrays[name] = new
+        for name, column in values.items():
+            self._arrays[name][self.n:self.n + m] = column
+        self.n += m
+        return np.arange(self.n - m, self.n)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._arrays[name][:self.n]
 
 
 class StreamingCocoEval:
@@ -74,8 +95,13 @@ class StreamingCocoEval:
         self.refused: list[int] = []  # ids given twice, or not in the annotation file: not evaluated again
         self.detections = 0
         self.add_seconds = 0.0
-        self._matched: list[Ranked] = []  # (image, class) pairs with ground truth: flags [n, 2, A*T]
-        self._unmatched: list[Ranked] = []  # the others: flags [n, A]
+        A, T = len(self.params.areaRng), len(self.params.iouThrs)
+        # every kept detection: score, its order among ties (image rank x maxDets[-1] + rank in its image and
+        # class), class index, and where its flags lie: row r >= 0 of `_matched`, or row -1 - r of `_unmatched`
+        self._rows = _Columns(score=(np.float64, ()), tie=(np.int64, ()), category=(np.int16, ()),
+                              flags_at=(np.int64, ()))
+        self._matched = _Columns(flags=(bool, (2, A * T)))  # (image, class) pairs with ground truth: tp, counted
+        self._unmatched = _Columns(inside=(bool, (A,)))  # the others: inside each area range
 
     def add(self, image_ids: list[int], results: list[dict]) -> list[int]:
         """Match these images' detections (COCO results) to the ground truth; returns the image ids taken.
@@ -93,12 +119,18 @@ class StreamingCocoEval:
         known = [r for r in kept if r["category_id"] in self._cat_index]  # COCOeval skips other classes too
         with_gt = [r for r in known if (int(r["image_id"]), r["category_id"]) in self._gt_pairs]
         if with_gt:
-            self._matched.append(self._match(taken, with_gt))
+            part = self._match(taken, with_gt)
+            self._keep(part, self._matched.append(flags=part.flags))
         if len(with_gt) < len(known):
-            self._unmatched.append(self._rank_unmatched([r for r in known if (int(r["image_id"]), r["category_id"])
-                                                         not in self._gt_pairs]))
+            part = self._rank_unmatched([r for r in known if (int(r["image_id"]), r["category_id"])
+                                         not in self._gt_pairs])
+            self._keep(part, -1 - self._unmatched.append(inside=part.flags))
         self.add_seconds += time.perf_counter() - t0
         return taken
+
+    def _keep(self, part: Ranked, flags_at: np.ndarray) -> None:
+        tie = part.image_rank * self.params.maxDets[-1] + part.rank_in_image
+        self._rows.append(score=part.score, tie=tie, category=part.category, flags_at=flags_at)
 
     def _match(self, image_ids: list[int], results: list[dict]) -> Ranked:
         """The C++ per-image evaluation of these (sorted) images, reduced to flat arrays per detection."""
@@ -204,22 +236,20 @@ class StreamingCocoEval:
         T, R, K, A, M = len(p.iouThrs), len(rec_thrs), len(self.cat_ids), len(p.areaRng), len(max_dets)
         precision = -np.ones((T, R, K, A, M))
         recall = -np.ones((T, K, A, M))
-        m, u = _join(self._matched, (2, A * T)), _join(self._unmatched, (A,))
-        score, image_rank, rank_in_image, category = (np.concatenate([getattr(m, f), getattr(u, f)]) for f in _KEYS)
-        # pycocotools' order in a class: score descending, ties in image order, then in the image's own order
-        by_tie = np.argsort(image_rank * max_dets[-1] + rank_in_image, kind="stable")
-        grouped = by_tie[np.argsort(category[by_tie].astype(np.min_scalar_type(K)), kind="stable")]
-        bounds = np.searchsorted(category[grouped], np.arange(K + 1))
+        score, tie, flags_at, category = (self._rows[c] for c in ("score", "tie", "flags_at", "category"))
+        by_class = np.argsort(category, kind="stable")
+        bounds = np.searchsorted(category[by_class], np.arange(K + 1))
         for k in np.flatnonzero((self.npig > 0).any(axis=1)):
-            rows = grouped[bounds[k]:bounds[k + 1]]
-            rows = rows[np.argsort(-score[rows], kind="stable")]
-            matched = rows < len(m.score)
-            flags = m.flags[rows[matched]]  # [rows that can match, 2, A*T]
+            rows = _pycocotools_order(by_class[bounds[k]:bounds[k + 1]], score, tie)
+            at = flags_at[rows]
+            matched = at >= 0
+            flags = self._matched["flags"][at[matched]]  # [rows that can match, 2, A*T]
             inside = np.zeros((len(rows), A), bool)  # the others: counted in each area range
-            inside[~matched] = u.flags[rows[~matched] - len(m.score)]
+            inside[~matched] = self._unmatched["inside"][-1 - at[~matched]]
+            rank_in_image = tie[rows] % max_dets[-1]
             npig = np.repeat(self.npig[k], T)
             for mi in range(M - 1, -1, -1):  # maxDets[-1] first: every detection kept
-                kept = rank_in_image[rows] < max_dets[mi]
+                kept = rank_in_image < max_dets[mi]
                 if mi < M - 1 and kept.all():  # the same detections as for maxDets[-1]
                     precision[:, :, k, :, mi], recall[:, k, :, mi] = precision[:, :, k, :, -1], recall[:, k, :, -1]
                     continue
@@ -234,25 +264,58 @@ class StreamingCocoEval:
         return precision, recall
 
 
+def _pycocotools_order(rows: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """These rows (one class) in pycocotools' order: score descending, equal scores by `tie` (image order, then
+    the image's own order), which pycocotools gets from a stable sort of the image-ordered rows. Sorted here by
+    score alone (numpy's quicksort: AVX-512 where the CPU has it, 5x the stable sort on this machine), then the
+    runs of equal scores (NaN among them) by `tie`: the same order without a stable sort of every row by `tie`."""
+    s = score[rows]
+    order = np.argsort(-s)
+    ordered = s[order]
+    same = (ordered[1:] == ordered[:-1]) | (np.isnan(ordered[1:]) & np.isnan(ordered[:-1]))
+    if same.any():
+        in_run = np.zeros(len(order), bool)
+        in_run[1:] |= same
+        in_run[:-1] |= same
+        at = np.flatnonzero(in_run)  # runs of equal scores, in score order: sorted within themselves by tie
+        sub = order[at]
+        order[at] = sub[np.lexsort((tie[rows[sub]], -s[sub]))]
+    return rows[order]
+
+
 def _curves(tp: np.ndarray, counted: np.ndarray, others_before: np.ndarray, npig: np.ndarray,
             rec_thrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Precision [C, R] and recall [C] of one class's C = A*T curves: pycocotools' arithmetic, -1 without ground truth.
 
     `tp` and `counted` [Mk, C]: the flags of the class's detections that can match, in order; `others_before`
     [Mk, A]: how many of its other detections up to each of them count in each area range.
+
+    Only the true positives of each curve are visited. Recall changes only there, so a recall threshold is
+    first reached at the j-th true positive, the least j with j / npig >= threshold (row 0 for j = 0), and the
+    running maximum of precision from any row on is reached at a true positive: precision falls between two.
+    The j-th true positive's precision is j / (counted up to its row + spacing(1)), pycocotools' own operands.
     """
     C, A = len(npig), others_before.shape[1]
     precision, recall = -np.ones((C, len(rec_thrs))), -np.ones(C)
     live = np.flatnonzero(npig > 0)
-    tp_sum = np.cumsum(tp[:, live], axis=0).astype(dtype=float)
-    counted_sum = np.cumsum(counted[:, live], axis=0) + np.repeat(others_before, C // A, axis=1)[:, live]
-    rc = tp_sum / npig[live]
-    pr = tp_sum / (counted_sum.astype(float) + np.spacing(1))  # fp + tp + spacing(1): fp + tp is exact in float64
-    recall[live] = rc[-1] if len(rc) else 0.0
-    pr = np.maximum.accumulate(pr[::-1], axis=0)[::-1]  # precision made non-increasing
-    inds = np.array([np.searchsorted(col, rec_thrs, side="left") for col in rc.T]).reshape(len(live), -1)
-    if len(rc):
-        precision[live] = np.where(inds < len(rc), pr[np.minimum(inds, len(rc) - 1), np.arange(len(live))[:, None]], 0)
-    else:
-        precision[live] = 0.0
+    if not len(live):
+        return precision, recall
+    n_rows = len(tp)
+    if not n_rows:
+        precision[live], recall[live] = 0.0, 0.0
+        return precision, recall
+    curve, row = np.divmod(np.flatnonzero(tp.T[live].ravel()), n_rows)  # true positives, curve by curve, in order
+    n_tp = np.bincount(curve, minlength=len(live))
+    j = np.arange(len(curve)) - (np.cumsum(n_tp) - n_tp)[curve] + 1  # the j-th true positive of its curve
+    column = live[curve]
+    counted_sum = np.cumsum(counted, axis=0)[row, column] + others_before[row, column // (C // A)]
+    n = npig[live]
+    best = np.zeros((len(live), int(n.max()) + 1))  # [curve, j - 1]: the j-th true positive's precision, 0 after
+    best[curve, j - 1] = j.astype(float) / (counted_sum.astype(float) + np.spacing(1))
+    best = np.maximum.accumulate(best[:, ::-1], axis=1)[:, ::-1]  # the best from each true positive on
+    needed = np.empty((len(live), len(rec_thrs)), np.int64)  # the least j reaching each recall threshold
+    for value in np.unique(n):
+        needed[n == value] = np.searchsorted(np.arange(value + 1) / value, rec_thrs, side="left")
+    precision[live] = np.take_along_axis(best, np.maximum(needed - 1, 0), axis=1)
+    recall[live] = n_tp / n
     return precision, recall

@@ -1,6 +1,7 @@
 """The streaming reducer: results parsed as they are written, one reducer per job, the one-go reducer as a net."""
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -41,16 +42,20 @@ def test_the_stream_parses_each_result_once_as_it_arrives(job, monkeypatch):
 
 def test_following_a_job_gives_the_one_go_report(job):
     state, ann, shards = job
+    frozen = []
+    assert gc.get_freeze_count() == 0
 
     def writer():
         for i in range(len(shards)):
             time.sleep(0.15)
+            frozen.append(gc.get_freeze_count())  # the follower's heap, out of the collector's full passes
             write(state, ann, shards, i)
     thread = threading.Thread(target=writer)
     t0 = time.time()
     thread.start()
     report = follow_job(state, "s1")
     thread.join()
+    assert min(frozen) > 0 and gc.get_freeze_count() == 0  # frozen while following, given back after
     assert report["reducer"]["mode"] == "streaming" and report["status"] == "done"
     assert report["timestamps"]["reduce_start"] >= t0 + 0.15 * len(shards)  # after the last shard, not before
     assert report["coverage"]["ok"] and report["coverage"]["counted"] == len(read_images(ann))

@@ -165,7 +165,8 @@ def run_job(rack: Rack, ann: Path, backend: str, store: str, ideal_s: float) -> 
            "reducer": report["reducer"], "t_reduce_start": report["timestamps"]["reduce_start"] - t0}
     if RECORDS:
         RECORDS.mkdir(parents=True, exist_ok=True)
-        name = f"{n}dev-{params.backend.replace(':', '_').replace(',', '_').replace('@', '_')}-{len(images)}.json"
+        backend = params.backend.replace(":", "_").replace(",", "_").replace("@", "_")
+        name = f"{n}dev-{backend}-{len(images)}{'-store' if store else ''}.json"  # a store: the cold or loading row
         (RECORDS / name).write_text(json.dumps({"out": out, "batches": records,
                                                 "shard_times": state.shard_times(params.job_id, 100000)}))
     state.delete_job(params.job_id)  # keep Redis small

@@ -51,15 +51,20 @@ class ResultStream:
 @contextmanager
 def frozen_heap():
     """What the process holds now (a job's parsed annotation file and its indexes: 190k objects for 10240 images)
-    left out of the garbage collector's full passes while a job is followed, given back after. Each shard's
-    parsing promotes objects enough to start a full pass every 13 shards or so, and each pass walked the
-    ground truth: 34 ms a pass, 1.9 of 8.0 s of the follower's work on 640 shards (bench/eval_stream.py's set).
-    Objects freed meanwhile are freed as usual by their counts; cycles among them wait for `gc.unfreeze`."""
+    left out of the garbage collector's full passes while a job is followed. Each shard's parsing promotes objects
+    enough to start a full pass every 13 shards or so, and each pass walked the ground truth: 34 ms a pass, 1.9 of
+    8.0 s of the follower's work on 640 shards (bench/eval_stream.py's set). Objects freed meanwhile are freed as
+    usual by their counts. After the job (its report saved) the heap is given back; a process that had frozen its
+    start-up heap (workers/__main__.freeze_heap) collects the job's cycles, if any, and freezes what is left."""
+    was_frozen = gc.get_freeze_count() > 0
     gc.freeze()
     try:
         yield
     finally:
         gc.unfreeze()
+        if was_frozen:
+            gc.collect()
+            gc.freeze()
 
 
 def follow_job(state: JobState, job_id: str, stop: threading.Event | None = None) -> dict | None:

@@ -300,11 +300,7 @@ def _curves(tp: np.ndarray, counted: np.ndarray, others_before: np.ndarray, npig
     live = np.flatnonzero(npig > 0)
     if not len(live):
         return precision, recall
-    n_rows = len(tp)
-    if not n_rows:
-        precision[live], recall[live] = 0.0, 0.0
-        return precision, recall
-    curve, row = np.divmod(np.flatnonzero(tp.T[live].ravel()), n_rows)  # true positives, curve by curve, in order
+    curve, row = np.divmod(np.flatnonzero(tp.T[live].ravel()), len(tp))  # true positives, curve by curve, in order
     n_tp = np.bincount(curve, minlength=len(live))
     j = np.arange(len(curve)) - (np.cumsum(n_tp) - n_tp)[curve] + 1  # the j-th true positive of its curve
     column = live[curve]

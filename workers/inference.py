@@ -120,8 +120,7 @@ class ShardRunner:
         if len(groups) != 1 or not self.lease.held:
             return None
         group, batch = groups[0]
-        return Running(self.device_thread.submit(_timed, self.backend.infer, batch), group, batch, load_s, 0.0,
-                       True, after=after.future)
+        return Running.start(self, self.backend, group, batch, load_s, 0.0, True, after=after.future)
 
     def _drop_next(self, pre: Preloaded) -> None:
         """A preloaded shard that will not run here: arrays on the device come back once it has answered (those
@@ -327,8 +326,7 @@ def run_shard(runner: ShardRunner, backend, params: JobParams, shard: int, items
                 if launched is not None:  # on the device since the shard before ended
                     running, launched = launched, None
                 else:
-                    running = Running(runner.device_thread.submit(_timed, backend.infer, batch), group, batch,
-                                      load_s, max(0.0, t_ready - t_wait), ahead)
+                    running = Running.start(runner, backend, group, batch, load_s, max(0.0, t_ready - t_wait), ahead)
                 if before is not None:
                     finish(before)
                 ahead = False
@@ -370,7 +368,7 @@ def first_batch(runner: ShardRunner, store: TensorStore, params: JobParams, shar
     its device call when it was put behind the shard before's last batch."""
     pre = runner.next_shard.take(params.job_id, shard)
     if pre is not None and (not planned or pre.image_ids != [item["id"] for item in planned[0]]):
-        runner._drop_next(pre)
+        runner.next_shard.drop(pre)
         pre = None
     if not planned:
         return None, False, None
@@ -417,6 +415,13 @@ class Running:
     t_start: float = 0.0
     t_end: float = 0.0
     outputs: tuple | None = None
+
+    @classmethod
+    def start(cls, runner: ShardRunner, backend, group: list, batch: InferenceBatch, load_s: float, wait_s: float,
+              ahead: bool, after: Future | None = None) -> Running:
+        """The batch handed to the runner's device thread (queued behind `after`, when given)."""
+        return cls(runner.device_thread.submit(_timed, backend.infer, batch), group, batch, load_s, wait_s, ahead,
+                   after)
 
     def wait(self) -> None:
         """Until the device has answered (its exception raised here)."""

@@ -41,8 +41,7 @@ class NextShard:
     `drop(preloaded)` gives back what a preloaded shard that will not run holds."""
 
     def __init__(self, submit: Callable[..., Future], preload: Callable[..., object],
-                 note: Callable[[dict], None], launch: Callable[..., object] | None = None,
-                 drop: Callable[[object], None] | None = None):
+                 note: Callable[[dict], None], launch: Callable[..., object], drop: Callable[[object], None]):
         self.submit, self.preload, self.note = submit, preload, note
         self.launch, self.drop = launch, drop
         self.consumer = None  # Celery's consumer, known from the first message it hands over
@@ -84,7 +83,7 @@ class NextShard:
 
     def _chain(self) -> None:
         with self._lock:
-            if self._after is None or self.launch is None:
+            if self._after is None:
                 return
             for future in self._loaded.values():
                 if not future.done() or future.exception() is not None:
@@ -137,5 +136,5 @@ class NextShard:
             return None
 
     def _dropped(self, future: Future) -> None:
-        if self.drop is not None and future.exception() is None and future.result() is not None:
+        if future.exception() is None and future.result() is not None:
             self.drop(future.result())

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import pytest
+
 from workers.next_shard import INFER_TASK, NextShard
 
 
@@ -49,22 +51,18 @@ class Rig:
         self.loader.submit(lambda: None).result()  # the preload and its callbacks are done
 
 
-def test_a_batch_loaded_before_the_last_one_is_on_the_device_follows_it_then():
+@pytest.mark.parametrize("loaded_first", [True, False], ids=["loaded-before-the-last-batch", "loaded-after"])
+def test_the_loaded_batch_follows_this_shard_last_batch_whichever_is_ready_first(loaded_first):
     rig = Rig()
     rig.receive(5)
-    rig.loaded()
-    assert rig.launched == []  # this shard's last batch is not on the device yet: nothing may go before it
-    rig.next.chain_after("last of 4")
-    assert rig.launched == [(5, "last of 4")]
-    assert rig.next.take("j", 5).running == "running 5"
-
-
-def test_a_batch_loaded_after_the_last_one_went_on_the_device_follows_it_when_loaded():
-    rig = Rig()
-    rig.receive(5)
-    rig.next.chain_after("last of 4")
-    assert rig.launched == []
-    rig.loaded()
+    if loaded_first:
+        rig.loaded()
+        assert rig.launched == []  # this shard's last batch is not on the device yet: nothing may go before it
+        rig.next.chain_after("last of 4")
+    else:
+        rig.next.chain_after("last of 4")
+        assert rig.launched == []  # not loaded yet
+        rig.loaded()
     assert rig.launched == [(5, "last of 4")]
     assert rig.next.take("j", 5).running == "running 5"
 
